@@ -1,0 +1,3 @@
+"""rekd-ray: Relation Knowledge Distillation (ReKD) for small vision backbones on Ray."""
+
+__version__ = "0.1.0"

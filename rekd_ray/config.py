@@ -1,0 +1,302 @@
+"""Typed experiment configuration, loaded from YAML with dotted-key overrides.
+
+One :class:`ExperimentConfig` describes a whole training run. The same object
+feeds the training loop, Ray Train, Ray Tune overrides and MLflow params (via
+:func:`flatten_config`). Every field is validated when the object is built:
+an unknown key or a bad value raises :class:`ConfigError` with a one-line
+message naming the dotted key, what is allowed and what was given.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from rekd_ray.models.backbones import BACKBONE_NAMES
+
+__all__ = [
+    "ConfigError",
+    "ExperimentConfig",
+    "Method",
+    "flatten_config",
+    "load_config",
+    "parse_overrides",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range."""
+
+
+class Method(str, Enum):
+    """Training method. ``rekd`` is the paper's; the others are baselines."""
+
+    mocov2 = "mocov2"
+    rekd = "rekd"
+    response = "response"
+    supervised = "supervised"
+
+
+class DatasetName(str, Enum):
+    fashion_mnist = "fashion_mnist"
+    image_folder = "image_folder"
+    synthetic = "synthetic"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+def _check_backbone(name: str) -> str:
+    if name not in BACKBONE_NAMES:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONE_NAMES}")
+    return name
+
+
+class DataConfig(_Section):
+    """Where the images come from.
+
+    ``fashion_mnist`` reads the IDX files of Debian's ``dataset-fashion-mnist``
+    under ``root``; ``image_folder`` reads ``root/train`` and ``root/val`` (or
+    ``root/test``) in the ImageNet class-per-folder layout; ``synthetic`` makes
+    small class-dependent images in memory (tests and benchmarks only).
+    """
+
+    dataset: DatasetName = DatasetName.fashion_mnist
+    root: str = "/usr/share/datasets/fashion-mnist"
+    image_size: int = Field(32, ge=16, le=512)
+    train_subset: int | None = Field(None, ge=2)
+    test_subset: int | None = Field(None, ge=1)
+    synthetic_train_samples: int = Field(512, ge=2)
+    synthetic_test_samples: int = Field(256, ge=1)
+    synthetic_classes: int = Field(4, ge=2)
+    loader_workers: int = Field(0, ge=0)
+
+
+class BackboneConfig(_Section):
+    """A randomly initialized torchvision backbone plus the 128-d MLP head."""
+
+    backbone: str = "mobilenet_v3_small"
+    projection_dim: int = Field(128, ge=2)
+    projection_hidden_dim: int = Field(512, ge=2)
+
+    @model_validator(mode="after")
+    def _known_backbone(self) -> BackboneConfig:
+        _check_backbone(self.backbone)
+        return self
+
+
+class TeacherKind(str, Enum):
+    online = "online"
+    offline = "offline"
+
+
+class TeacherConfig(BackboneConfig):
+    """The teacher: ``online`` trains with its own MoCo-v2 loss in the same
+    step; ``offline`` is frozen and loaded from ``checkpoint``."""
+
+    backbone: str = "resnet18"
+    kind: TeacherKind = TeacherKind.online
+    checkpoint: str | None = None
+
+    @model_validator(mode="after")
+    def _offline_needs_checkpoint(self) -> TeacherConfig:
+        if self.kind == TeacherKind.offline and not self.checkpoint:
+            raise ValueError(
+                "an offline teacher needs teacher.checkpoint=PATH "
+                "(a checkpoint.pt written by rekd train)"
+            )
+        return self
+
+
+class MocoConfig(_Section):
+    queue_size: int = Field(4096, ge=1)
+    momentum: float = Field(0.99, ge=0.0, le=1.0)
+    temperature: float = Field(0.2, gt=0.0)
+
+
+class RelationConfig(_Section):
+    """Relation mining from the teacher's prototypes (``rekd`` and ``response``).
+
+    ``num_prototypes`` is M, the number of k-means clusters of the teacher
+    embeddings; ``weight`` is lambda in ``InfoNCE + lambda * relation loss``.
+    """
+
+    num_prototypes: int = Field(100, ge=2)
+    weight: float = Field(1.0, ge=0.0)
+    kmeans_iterations: int = Field(20, ge=1)
+    recluster_every_steps: int | None = Field(None, ge=1)
+    teacher_temperature: float = Field(0.07, gt=0.0)
+    student_temperature: float = Field(0.2, gt=0.0)
+
+
+class OptimConfig(_Section):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(256, ge=2)
+    lr: float = Field(0.06, gt=0.0)
+    weight_decay: float = Field(5e-4, ge=0.0)
+    sgd_momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    warmup_epochs: int = Field(0, ge=0)
+
+
+class EvalConfig(_Section):
+    """Monitoring each epoch (kNN on subsets) and the final evaluation."""
+
+    knn_k: int = Field(20, ge=1)
+    knn_temperature: float = Field(0.07, gt=0.0)
+    monitor_train_samples: int = Field(10000, ge=1)
+    monitor_test_samples: int = Field(2000, ge=1)
+    linear_train_samples: int | None = Field(None, ge=1)
+    linear_epochs: int = Field(100, ge=1)
+    baseline_random_init: bool = True
+
+
+class RuntimeConfig(_Section):
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    precision: str = "fp32"
+    torch_threads: int | None = Field(None, ge=1)
+    storage_path: str = "rekd_runs"
+
+    @model_validator(mode="after")
+    def _known_precision(self) -> RuntimeConfig:
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        return self
+
+
+class ExperimentConfig(_Section):
+    """A whole run: method, data, student, teacher, optimization, evaluation."""
+
+    name: str = "rekd"
+    seed: int = 0
+    method: Method = Method.rekd
+    data: DataConfig = DataConfig()
+    student: BackboneConfig = BackboneConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    moco: MocoConfig = MocoConfig()
+    relation: RelationConfig = RelationConfig()
+    optim: OptimConfig = OptimConfig()
+    eval: EvalConfig = EvalConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ExperimentConfig:
+        if self.moco.queue_size < self.optim.batch_size:
+            raise ValueError(
+                f"moco.queue_size ({self.moco.queue_size}) must be at least "
+                f"optim.batch_size ({self.optim.batch_size}); raise the queue "
+                "or lower the batch"
+            )
+        return self
+
+    @property
+    def uses_teacher(self) -> bool:
+        return self.method in (Method.rekd, Method.response)
+
+
+def _format_error(error: ValidationError) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "config"
+    if first["type"] == "extra_forbidden":
+        return f"{key}: unknown key; check the spelling against experiments/*.yaml"
+    message = first["msg"].removeprefix("Value error, ")
+    given = first.get("input")
+    if isinstance(given, dict | list) or first["type"].startswith("value_error"):
+        return f"{key}: {message}"
+    return f"{key}: {message} (got {given!r})"
+
+
+def build_config(raw: dict[str, Any]) -> ExperimentConfig:
+    """Validate a nested dict into an :class:`ExperimentConfig`.
+
+    Raises:
+        ConfigError: one line naming the first offending dotted key.
+    """
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_format_error(error)) from None
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """Turn ``["optim.lr=0.1", "student.backbone=resnet18"]`` into a nested dict.
+
+    Values are parsed as YAML scalars, so ``0.1`` is a float, ``null`` is None.
+    """
+    nested: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE, e.g. optim.lr=0.1")
+        try:
+            parsed = yaml.safe_load(value) if value else ""
+        except yaml.YAMLError:
+            parsed = value
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {pair!r}: {part!r} is not a section")
+        node[parts[-1]] = parsed
+    return nested
+
+
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``overrides`` into a copy of ``base``."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(
+    path: str | Path | None, overrides: list[str] | None = None
+) -> ExperimentConfig:
+    """Read a YAML experiment file, apply ``--set`` overrides, validate.
+
+    Raises:
+        ConfigError: the file is missing or not YAML, or a value is invalid.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config: file {str(path)!r} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise ConfigError(
+                f"config: {path} is not valid YAML{where}; fix the syntax"
+            ) from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config: {path} must hold a mapping of sections")
+        raw = loaded
+    return build_config(merge(raw, parse_overrides(overrides or [])))
+
+
+def flatten_config(config: ExperimentConfig) -> dict[str, Any]:
+    """Dotted-key view of the config, e.g. ``{"optim.lr": 0.06, ...}``."""
+    flat: dict[str, Any] = {}
+
+    def visit(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                visit(f"{prefix}.{key}" if prefix else key, value)
+        else:
+            flat[prefix] = node
+
+    visit("", config.model_dump(mode="json"))
+    return flat
