@@ -11,10 +11,17 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from rekd_ray.models.backbones import BACKBONE_NAMES
 
@@ -84,10 +91,10 @@ class BackboneConfig(_Section):
     projection_dim: int = Field(128, ge=2)
     projection_hidden_dim: int = Field(512, ge=2)
 
-    @model_validator(mode="after")
-    def _known_backbone(self) -> BackboneConfig:
-        _check_backbone(self.backbone)
-        return self
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, name: str) -> str:
+        return _check_backbone(name)
 
 
 class TeacherKind(str, Enum):
@@ -114,9 +121,16 @@ class TeacherConfig(BackboneConfig):
 
 
 class MocoConfig(_Section):
+    """MoCo-v2 for the student (and an online teacher).
+
+    ``key_bn_splits``: the shuffled key batch is encoded in this many
+    sub-batches, the one-process form of Shuffle-BN (see ``models.moco``).
+    """
+
     queue_size: int = Field(4096, ge=1)
     momentum: float = Field(0.99, ge=0.0, le=1.0)
     temperature: float = Field(0.2, gt=0.0)
+    key_bn_splits: int = Field(4, ge=1)
 
 
 class RelationConfig(_Section):
@@ -158,15 +172,9 @@ class EvalConfig(_Section):
 class RuntimeConfig(_Section):
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
-    precision: str = "fp32"
+    precision: Literal["fp32", "bf16"] = "fp32"
     torch_threads: int | None = Field(None, ge=1)
     storage_path: str = "rekd_runs"
-
-    @model_validator(mode="after")
-    def _known_precision(self) -> RuntimeConfig:
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
-        return self
 
 
 class ExperimentConfig(_Section):

@@ -110,7 +110,10 @@ class KeyQueue(nn.Module):
 
 
 def shuffled_forward(
-    module: nn.Module, images: Tensor, generator: torch.Generator | None = None
+    module: nn.Module,
+    images: Tensor,
+    generator: torch.Generator | None = None,
+    num_splits: int = 1,
 ) -> Tensor:
     """Forward a random permutation of the batch and undo it on the output.
 
@@ -118,15 +121,21 @@ def shuffled_forward(
         module: Any batch-wise module.
         images: Input batch. Shape: (B, ...).
         generator: CPU generator for the permutation (tests pin it).
+        num_splits: forward the permuted batch in this many sub-batches, so
+            that batch norm sees sub-batch statistics, as it does on each GPU
+            of a multi-GPU MoCo.
 
     Returns:
-        ``module(images[perm])[argsort(perm)]``, rows in input order.
-        Shape: (B, ...).
+        ``cat([module(chunk) for chunk in images[perm].chunk(num_splits)])``
+        put back in input order. Shape: (B, ...).
     """
+    if num_splits < 1:
+        raise ValueError(f"num_splits must be >= 1; got {num_splits}")
     batch_size = images.shape[0]
     perm = torch.randperm(batch_size, generator=generator).to(images.device)
     inverse = torch.argsort(perm)  # (B,)
-    return module(images[perm])[inverse]
+    chunks = images[perm].chunk(min(num_splits, batch_size))
+    return torch.cat([module(chunk) for chunk in chunks])[inverse]
 
 
 class MoCo(nn.Module):
@@ -139,6 +148,8 @@ class MoCo(nn.Module):
         queue_size: Number of queued keys K.
         momentum: EMA coefficient m of the key encoder, in [0, 1].
         image_size: Image side, see ``build_backbone``.
+        key_bn_splits: sub-batches of the shuffled key batch (see
+            :meth:`encode_key`); 1 keeps one batch.
 
     Raises:
         ValueError: If ``momentum`` is outside [0, 1] or a size is invalid.
@@ -153,8 +164,12 @@ class MoCo(nn.Module):
         queue_size: int = 4096,
         momentum: float = 0.99,
         image_size: int = 32,
+        key_bn_splits: int = 1,
     ) -> None:
         super().__init__()
+        if key_bn_splits < 1:
+            raise ValueError(f"key_bn_splits must be >= 1; got {key_bn_splits}")
+        self.key_bn_splits = key_bn_splits
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must be in [0, 1]; got {momentum!r}")
         self.momentum = momentum
@@ -202,9 +217,12 @@ class MoCo(nn.Module):
         shuffle (gather, permute, scatter); that is not done here.
 
         NOTE: with one BN over the whole local batch, a permutation of that
-        batch leaves its statistics unchanged, so in a single process this
-        changes keys only by float rounding; it protects only when BN sees
-        sub-batches (several processes, or split BN).
+        batch leaves its statistics unchanged. So in one process the shuffled
+        batch is forwarded in ``key_bn_splits`` sub-batches: each key is then
+        normalized with the statistics of a random quarter (say) of the
+        batch, while its query saw the whole batch, which is what shuffling
+        across GPUs achieves. With ``key_bn_splits=1`` the shuffle changes
+        keys only by float rounding.
 
         Args:
             images: Float images. Shape: (B, 3, H, W).
@@ -215,7 +233,9 @@ class MoCo(nn.Module):
             L2-normalized keys in input order. Shape: (B, D).
         """
         if shuffle_bn:
-            keys = shuffled_forward(self.key_encoder, images, generator)
+            keys = shuffled_forward(
+                self.key_encoder, images, generator, self.key_bn_splits
+            )
         else:
             keys = self.key_encoder(images)
         return F.normalize(keys, dim=1)  # (B, D)

@@ -185,3 +185,19 @@ def test_state_dict_round_trip_restores_queue_and_pointer() -> None:
 def test_bad_momentum_names_the_range() -> None:
     with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\]; got 1.5"):
         MoCo("alexnet", momentum=1.5)
+
+
+def test_split_shuffle_forwards_sub_batches() -> None:
+    # A module whose output depends on its batch: x - mean(batch).
+    def centre(x: torch.Tensor) -> torch.Tensor:
+        return x - x.mean(dim=0, keepdim=True)
+
+    rows = torch.arange(8, dtype=torch.float32).pow(3).unsqueeze(1)  # (8, 1)
+    generator = torch.Generator().manual_seed(0)
+    out = shuffled_forward(centre, rows, generator, num_splits=2)
+    perm = torch.randperm(8, generator=torch.Generator().manual_seed(0))
+    chunks = rows[perm].chunk(2)
+    expected = torch.cat([centre(chunk) for chunk in chunks])[torch.argsort(perm)]
+    torch.testing.assert_close(out, expected)
+    # Unlike a single batch, the sub-batch statistics change the keys.
+    assert not torch.allclose(out, centre(rows))

@@ -1,0 +1,237 @@
+"""``rekd``: the command line of rekd-ray.
+
+Each command is a thin layer over the library: parse and validate options,
+call one library function, render the result. Bad input ends with a one-line
+``error: <field>: <what is allowed>`` on stderr and exit code 2, before
+anything (a Ray cluster, an MLflow run, a checkpoint) is created.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from rekd_ray.config import ConfigError, build_config, load_config
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Relation Knowledge Distillation (ReKD) for small backbones, on Ray.",
+)
+stderr = Console(stderr=True)
+
+EXIT_BAD_INPUT = 2
+
+
+def _fail(message: str) -> None:
+    stderr.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("rekd_ray").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr(enabled: bool):
+    """Send everything written to fd 1 (Ray, libraries) to stderr meanwhile,
+    so that ``--json`` prints exactly one object on stdout."""
+    if not enabled:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+ConfigArg = Annotated[
+    Path | None,
+    typer.Argument(help="Experiment YAML (see experiments/). Defaults apply if left out."),
+]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a config value: --set optim.lr=0.1 (repeat)."),
+]
+AddressOption = Annotated[
+    str | None,
+    typer.Option(help="Ray cluster address (e.g. auto); a local Ray starts if omitted."),
+]
+TrackingOption = Annotated[
+    str | None,
+    typer.Option(help="MLflow tracking URI [default: sqlite:///mlflow.db here]."),
+]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print one JSON object on stdout, nothing else.")
+]
+VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs.")]
+
+
+@app.command()
+def train(
+    config: ConfigArg = None,
+    set_: SetOption = None,
+    address: AddressOption = None,
+    tracking_uri: TrackingOption = None,
+    json_output: JsonOption = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Train one experiment on Ray, evaluate it and log it to MLflow."""
+    _setup_logging(verbose)
+    try:
+        experiment = load_config(config, set_ or [])
+        from rekd_ray.orchestration.runner import check_against_data
+
+        check_against_data(experiment)
+    except ConfigError as error:
+        _fail(str(error))
+
+    from rekd_ray.orchestration.runner import run_training
+
+    with _stdout_to_stderr(json_output), _progress(enabled=not json_output) as update:
+        summary = run_training(
+            experiment, tracking_uri=tracking_uri, address=address, on_progress=update
+        )
+    if json_output:
+        typer.echo(json.dumps(summary.to_json()))
+    else:
+        Console().print(_summary_table(summary))
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool):
+    """A rich progress bar fed with the rank-0 worker's progress dicts."""
+    if not enabled:
+        yield None
+        return
+    columns = (
+        TextColumn("[bold]training"),
+        BarColumn(),
+        TextColumn("step {task.completed}/{task.total}"),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("kNN {task.fields[knn]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=stderr, transient=False) as progress:
+        task = progress.add_task("train", total=None, loss="-", knn="-")
+
+        def update(state: dict) -> None:
+            if not state:
+                return
+            fields = {}
+            if "loss" in state:
+                fields["loss"] = f"{state['loss']:.3f}"
+            if "val/knn_top1" in state:
+                fields["knn"] = f"{100 * state['val/knn_top1']:.1f}%"
+            progress.update(
+                task,
+                completed=state.get("step", 0),
+                total=state.get("total_steps"),
+                **fields,
+            )
+
+        yield update
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _summary_table(summary) -> Table:
+    table = Table(title="rekd train: summary")
+    for column in ("field", "value"):
+        table.add_column(column)
+    rows = [
+        ("run id", summary.run_id),
+        ("method", summary.method),
+        ("student", summary.student),
+        ("teacher", summary.teacher or "-"),
+        ("M (prototypes)", str(summary.num_prototypes or "-")),
+        ("epochs", str(summary.epochs)),
+        ("linear top-1 %", _percent(summary.linear_top1)),
+        ("kNN top-1 %", _percent(summary.knn_top1)),
+        ("random-init linear top-1 %", _percent(summary.random_init_linear_top1)),
+        ("random-init kNN top-1 %", _percent(summary.random_init_knn_top1)),
+        ("wall time", f"{summary.wall_seconds / 60:.1f} min"),
+        ("MLflow", summary.tracking_uri),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+@app.command("eval")
+def evaluate(
+    run_id: Annotated[str, typer.Argument(help="MLflow run id of a `rekd train` run.")],
+    tracking_uri: TrackingOption = None,
+    json_output: JsonOption = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Re-run linear evaluation of a logged run from its MLflow artifacts."""
+    _setup_logging(verbose)
+    import torch
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from rekd_ray.data.datasets import load_dataset
+    from rekd_ray.models.backbones import build_backbone
+    from rekd_ray.tracking.mlflow_run import log_metrics, resolve_tracking_uri
+    from rekd_ray.training.evaluate import final_evaluation
+
+    uri = resolve_tracking_uri(tracking_uri)
+    client = MlflowClient(uri)
+    with tempfile.TemporaryDirectory() as directory:
+        try:
+            client.get_run(run_id)
+            config_path = client.download_artifacts(run_id, "config.json", directory)
+            weights = client.download_artifacts(
+                run_id, "student_backbone.pt", directory
+            )
+        except (MlflowException, OSError):
+            _fail(
+                f"RUN_ID: no finished rekd run {run_id!r} with artifacts in {uri}; "
+                "list runs with `mlflow ui` or pass --tracking-uri"
+            )
+        config = build_config(json.loads(Path(config_path).read_text()))
+        backbone = build_backbone(config.student.backbone, config.data.image_size)
+        backbone.load_state_dict(torch.load(weights, weights_only=True))
+    with _stdout_to_stderr(json_output):
+        metrics = final_evaluation(backbone, load_dataset(config.data), config)
+        log_metrics(uri, run_id, {f"eval/{k}": v for k, v in metrics.items()}, 0)
+    result = {"run_id": run_id, **{k: 100.0 * v for k, v in metrics.items()}}
+    if json_output:
+        typer.echo(json.dumps(result))
+    else:
+        Console().print(
+            f"run {run_id}: linear top-1 {result['linear_top1']:.2f} %, "
+            f"kNN top-1 {result['knn_top1']:.2f} %"
+        )
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

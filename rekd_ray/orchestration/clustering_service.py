@@ -1,0 +1,201 @@
+"""``ClusteringService``: one faiss k-means service per Ray cluster.
+
+Every run and every Tune trial shares it. Requests are keyed by run
+namespace: a newer request for a run replaces one still queued for it, so a
+slow clustering never builds a backlog. A background thread clusters the
+newest snapshot of the run's :class:`TeacherFeatureStore` and publishes
+``{version, assignments, prototypes, stats}``; the arrays are ``ray.put`` by
+this actor, so workers fetch each version once (zero-copy on the same node)
+and look prototypes up locally at every step.
+
+The actor is detached and named after the code version
+(:func:`service_actor_name`), so a service left running by older code is never
+reused by newer code with a different protocol.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+import ray
+
+from rekd_ray import __version__
+from rekd_ray.training.relations import cluster_store
+
+__all__ = [
+    "RAY_NAMESPACE",
+    "ClusteringService",
+    "get_or_create_clustering_service",
+    "service_actor_name",
+]
+
+logger = logging.getLogger(__name__)
+
+RAY_NAMESPACE = "rekd"
+# Bump when the actor's methods or the published dict change.
+SERVICE_PROTOCOL = 1
+
+
+def service_actor_name() -> str:
+    return f"rekd-clustering-{__version__}-p{SERVICE_PROTOCOL}"
+
+
+def default_clustering_threads() -> int:
+    # Clustering overlaps with training on the same cores: take half of them
+    # rather than oversubscribing (faiss slows down sharply when it does).
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+@ray.remote(num_cpus=0, max_concurrency=16)
+class ClusteringService:
+    """Clusters teacher features of any number of runs, one request at a time.
+
+    Args:
+        num_threads: faiss OpenMP threads per clustering (Ray would otherwise
+            set one thread for an actor that reserves no CPU).
+    """
+
+    def __init__(self, num_threads: int | None = None) -> None:
+        self.num_threads = num_threads or default_clustering_threads()
+        self._condition = threading.Condition()
+        self._pending: dict[str, dict] = {}
+        self._published: dict[str, dict] = {}
+        # Finished attempts per run (published, skipped or failed): waiters
+        # wake on each, so a skipped clustering never leaves them hanging.
+        self._attempts: dict[str, int] = {}
+        self._completed = 0
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def submit(
+        self,
+        namespace: str,
+        store: ray.actor.ActorHandle,
+        num_prototypes: int,
+        iterations: int = 20,
+        seed: int = 0,
+    ) -> bool:
+        """Queue a clustering of ``store`` for ``namespace``.
+
+        Returns:
+            True when it replaced a request of the same run still waiting.
+        """
+        request = {
+            "store": store,
+            "num_prototypes": num_prototypes,
+            "iterations": iterations,
+            "seed": seed,
+            "submitted": time.time(),
+        }
+        with self._condition:
+            replaced = namespace in self._pending
+            self._pending.pop(namespace, None)
+            self._pending[namespace] = request
+            self._condition.notify_all()
+        return replaced
+
+    def latest(self, namespace: str) -> dict | None:
+        """The newest published clustering of a run, or None."""
+        with self._condition:
+            return self._published.get(namespace)
+
+    def wait_for_version(
+        self, namespace: str, min_version: int, timeout_s: float
+    ) -> dict | None:
+        """Block until a version >= ``min_version`` exists, the next clustering
+        attempt of the run ends without one, or ``timeout_s`` passes."""
+
+        def ready() -> bool:
+            published = self._published.get(namespace)
+            if published is not None and published["version"] >= min_version:
+                return True
+            return self._attempts.get(namespace, 0) > attempts_before
+
+        with self._condition:
+            attempts_before = self._attempts.get(namespace, 0)
+            self._condition.wait_for(ready, timeout=timeout_s)
+            return self._published.get(namespace)
+
+    def forget(self, namespace: str) -> None:
+        """Drop a finished run's queued request and published results."""
+        with self._condition:
+            self._pending.pop(namespace, None)
+            self._published.pop(namespace, None)
+            self._attempts.pop(namespace, None)
+
+    def info(self) -> dict:
+        with self._condition:
+            return {
+                "name": service_actor_name(),
+                "num_threads": self.num_threads,
+                "pending": len(self._pending),
+                "runs": sorted(self._published),
+                "completed": self._completed,
+            }
+
+    def _next_request(self) -> tuple[str, dict]:
+        with self._condition:
+            self._condition.wait_for(lambda: bool(self._pending))
+            namespace = next(iter(self._pending))
+            return namespace, self._pending.pop(namespace)
+
+    def _serve(self) -> None:
+        while True:
+            namespace, request = self._next_request()
+            try:
+                self._cluster(namespace, request)
+            except Exception:  # keep serving the other runs
+                logger.exception("clustering of run %s failed", namespace)
+            with self._condition:
+                self._attempts[namespace] = self._attempts.get(namespace, 0) + 1
+                self._condition.notify_all()
+
+    def _cluster(self, namespace: str, request: dict) -> None:
+        snapshot_refs = ray.get(request["store"].snapshot.remote())
+        features = ray.get(snapshot_refs["features"])  # (N, D), read-only
+        filled = ray.get(snapshot_refs["filled"])  # (N,)
+        with self._condition:
+            previous = self._published.get(namespace)
+        version = 1 if previous is None else previous["version"] + 1
+        snapshot = cluster_store(
+            features,
+            filled,
+            request["num_prototypes"],
+            version=version,
+            iterations=request["iterations"],
+            seed=request["seed"],
+            num_threads=self.num_threads,
+        )
+        if snapshot is None:
+            return
+        stats = dict(snapshot.stats)
+        stats["queue_seconds"] = time.time() - request["submitted"]
+        published = {
+            "version": version,
+            "assignments": ray.put(snapshot.assignments),
+            "prototypes": ray.put(snapshot.prototypes),
+            "stats": stats,
+        }
+        with self._condition:
+            self._published[namespace] = published
+            self._completed += 1
+            self._condition.notify_all()
+        logger.info(
+            "run %s: prototypes v%d in %.2fs", namespace, version, stats["cluster_seconds"]
+        )
+
+
+def get_or_create_clustering_service(
+    num_threads: int | None = None, num_gpus: float = 0
+) -> ray.actor.ActorHandle:
+    """The cluster-wide service, created on first use (detached, versioned name)."""
+    return ClusteringService.options(
+        name=service_actor_name(),
+        namespace=RAY_NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+        num_gpus=num_gpus,
+    ).remote(num_threads)

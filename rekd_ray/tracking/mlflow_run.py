@@ -1,0 +1,107 @@
+"""MLflow runs of rekd-ray: one per training, created and ended by the driver.
+
+The driver creates the run (params = the whole resolved config, flattened to
+dotted keys), hands its id to the rank-0 Train worker, which logs per-epoch
+metrics with :func:`log_metrics`, and ends it with a status that tells the
+truth: FINISHED only after the final evaluation and artifacts are logged,
+FAILED on any error, KILLED on an interrupt. ``MlflowClient`` is used
+throughout (never the fluent API), so nothing is exported through environment
+variables and concurrent runs cannot cross-talk.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.tracking import MlflowClient
+
+from rekd_ray.config import ExperimentConfig, flatten_config
+from rekd_ray.training.checkpoint import git_sha
+
+__all__ = [
+    "DEFAULT_TRACKING_URI",
+    "end_run",
+    "log_metrics",
+    "resolve_tracking_uri",
+    "start_run",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+_MAX_BATCH = 100  # MLflow's limit on params / metrics in one log_batch call
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """The tracking URI, with a relative sqlite path made absolute.
+
+    Workers run in other directories, so ``sqlite:///mlflow.db`` must be
+    pinned to the caller's working directory before it is handed on.
+    """
+    uri = uri or DEFAULT_TRACKING_URI
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str(Path(uri[len(prefix) :]).resolve())
+    return uri
+
+
+def start_run(
+    config: ExperimentConfig,
+    tracking_uri: str,
+    *,
+    experiment_name: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> str:
+    """Create an MLflow run for ``config`` with its params; return the run id."""
+    client = MlflowClient(tracking_uri)
+    name = experiment_name or f"rekd-{config.name}"
+    experiment = client.get_experiment_by_name(name)
+    experiment_id = (
+        experiment.experiment_id if experiment else client.create_experiment(name)
+    )
+    run_tags = {
+        "rekd.method": config.method.value,
+        "rekd.student": config.student.backbone,
+        "mlflow.source.git.commit": git_sha(),
+    }
+    if config.uses_teacher:
+        run_tags["rekd.teacher"] = config.teacher.backbone
+    run_tags.update(tags or {})
+    run = client.create_run(experiment_id, run_name=config.name, tags=run_tags)
+    run_id = run.info.run_id
+    params = [Param(key, str(value)) for key, value in flatten_config(config).items()]
+    for start in range(0, len(params), _MAX_BATCH):
+        client.log_batch(run_id, params=params[start : start + _MAX_BATCH])
+    logger.info("MLflow run %s in experiment %s", run_id, name)
+    return run_id
+
+
+def log_metrics(
+    tracking_uri: str, run_id: str, metrics: dict[str, float], step: int
+) -> None:
+    """Log scalar metrics at ``step`` (epoch index for per-epoch metrics)."""
+    timestamp = int(time.time() * 1000)
+    entries = [
+        Metric(key, float(value), timestamp, step) for key, value in metrics.items()
+    ]
+    client = MlflowClient(tracking_uri)
+    for start in range(0, len(entries), _MAX_BATCH):
+        client.log_batch(run_id, metrics=entries[start : start + _MAX_BATCH])
+
+
+def end_run(tracking_uri: str, run_id: str, status: str) -> None:
+    """Mark the run FINISHED, FAILED or KILLED."""
+    if status not in ("FINISHED", "FAILED", "KILLED"):
+        raise ValueError(f"status must be FINISHED, FAILED or KILLED, got {status!r}")
+    MlflowClient(tracking_uri).set_terminated(run_id, status=status)
+
+
+def run_status(tracking_uri: str, run_id: str) -> str:
+    return MlflowClient(tracking_uri).get_run(run_id).info.status
+
+
+def status_name(status: int) -> str:
+    return RunStatus.to_string(status)

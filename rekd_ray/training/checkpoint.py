@@ -1,0 +1,106 @@
+"""Training checkpoints: written atomically, loaded with ``weights_only=True``.
+
+A checkpoint is one ``checkpoint.pt`` holding plain containers and tensors
+only, so it loads without unpickling code:
+
+* ``config``: the resolved experiment config (JSON-like dict);
+* ``epoch``: number of epochs completed (the next epoch to run);
+* ``global_step``: optimizer steps taken (drives the learning-rate schedule);
+* ``method``: the method's ``state_dict`` (student, momentum encoders, teacher,
+  queues with their dataset indices and pointers);
+* ``optimizers``: ``{group name: optimizer state_dict}``;
+* ``prototype_version`` and ``assignments`` ((N,) int64 or None);
+* ``rng``: the torch CPU generator state;
+* ``git_sha``: the code version that wrote it;
+* ``history``: the per-epoch metric dicts so far.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "CHECKPOINT_FILE",
+    "git_sha",
+    "load_checkpoint",
+    "save_checkpoint",
+    "save_state_dict",
+]
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "checkpoint.pt"
+FORMAT_VERSION = 1
+
+
+def git_sha() -> str:
+    """The current commit of the source tree, or ``"unknown"`` outside git."""
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    # Write next to the target, then rename: a crash leaves the old file or
+    # the new one, never a torn one.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(state: dict[str, Any], directory: str | Path) -> Path:
+    """Write ``state`` as ``directory/checkpoint.pt`` atomically."""
+    path = Path(directory) / CHECKPOINT_FILE
+    _atomic_torch_save({"format_version": FORMAT_VERSION, **state}, path)
+    logger.debug("checkpoint written: %s (epoch %s)", path, state.get("epoch"))
+    return path
+
+
+def save_state_dict(module: torch.nn.Module, path: str | Path) -> Path:
+    """Save ``module.state_dict()`` atomically (readable with plain torch)."""
+    path = Path(path)
+    _atomic_torch_save(module.state_dict(), path)
+    return path
+
+
+def load_checkpoint(path: str | Path | None) -> dict[str, Any]:
+    """Load a checkpoint file, or ``checkpoint.pt`` inside a directory.
+
+    Raises:
+        FileNotFoundError: nothing at ``path``.
+        ValueError: the file is not a rekd-ray checkpoint.
+    """
+    if path is None:
+        raise FileNotFoundError("no checkpoint path given")
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or "format_version" not in state:
+        raise ValueError(f"{path} is not a rekd-ray checkpoint")
+    return state
