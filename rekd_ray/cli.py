@@ -68,7 +68,9 @@ def _stdout_to_stderr(enabled: bool):
 
 ConfigArg = Annotated[
     Path | None,
-    typer.Argument(help="Experiment YAML (see experiments/). Defaults apply if left out."),
+    typer.Argument(
+        help="Experiment YAML (see experiments/). Defaults apply if left out."
+    ),
 ]
 SetOption = Annotated[
     list[str] | None,
@@ -76,7 +78,9 @@ SetOption = Annotated[
 ]
 AddressOption = Annotated[
     str | None,
-    typer.Option(help="Ray cluster address (e.g. auto); a local Ray starts if omitted."),
+    typer.Option(
+        help="Ray cluster address (e.g. auto); a local Ray starts if omitted."
+    ),
 ]
 TrackingOption = Annotated[
     str | None,

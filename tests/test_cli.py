@@ -27,8 +27,10 @@ BAD_INPUTS = [
     (["--set", "relation.num_prototypes=100000"], "relation.num_prototypes"),
     (["--set", "moco.queue_size=8"], "moco.queue_size"),
     (["--set", "optim.lr=-1"], "optim.lr"),
-    (["--set", "data.root=/nonexistent", "--set", "data.dataset=fashion_mnist"],
-     "data.root"),
+    (
+        ["--set", "data.root=/nonexistent", "--set", "data.dataset=fashion_mnist"],
+        "data.root",
+    ),
     (["--set", "optim.warp_speed=9"], "optim.warp_speed"),
 ]
 

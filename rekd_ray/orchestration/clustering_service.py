@@ -49,7 +49,7 @@ def default_clustering_threads() -> int:
     return max(1, (os.cpu_count() or 2) // 2)
 
 
-@ray.remote(num_cpus=0, max_concurrency=16)
+@ray.remote(num_cpus=0, max_concurrency=16, concurrency_groups={"waits": 256})
 class ClusteringService:
     """Clusters teacher features of any number of runs, one request at a time.
 
@@ -66,6 +66,9 @@ class ClusteringService:
         # Finished attempts per run (published, skipped or failed): waiters
         # wake on each, so a skipped clustering never leaves them hanging.
         self._attempts: dict[str, int] = {}
+        self._in_flight: str | None = None
+        # Bumped by forget(): a clustering started before it is not published.
+        self._generation: dict[str, int] = {}
         self._completed = 0
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
@@ -91,8 +94,8 @@ class ClusteringService:
             "submitted": time.time(),
         }
         with self._condition:
+            # Replacing keeps the run's place in the queue.
             replaced = namespace in self._pending
-            self._pending.pop(namespace, None)
             self._pending[namespace] = request
             self._condition.notify_all()
         return replaced
@@ -102,6 +105,7 @@ class ClusteringService:
         with self._condition:
             return self._published.get(namespace)
 
+    @ray.method(concurrency_group="waits")
     def wait_for_version(
         self, namespace: str, min_version: int, timeout_s: float
     ) -> dict | None:
@@ -112,7 +116,10 @@ class ClusteringService:
             published = self._published.get(namespace)
             if published is not None and published["version"] >= min_version:
                 return True
-            return self._attempts.get(namespace, 0) > attempts_before
+            if self._attempts.get(namespace, 0) > attempts_before:
+                return True
+            # Nothing queued or running for this run: no version is coming.
+            return namespace not in self._pending and self._in_flight != namespace
 
         with self._condition:
             attempts_before = self._attempts.get(namespace, 0)
@@ -125,6 +132,7 @@ class ClusteringService:
             self._pending.pop(namespace, None)
             self._published.pop(namespace, None)
             self._attempts.pop(namespace, None)
+            self._generation[namespace] = self._generation.get(namespace, 0) + 1
 
     def info(self) -> dict:
         with self._condition:
@@ -140,7 +148,10 @@ class ClusteringService:
         with self._condition:
             self._condition.wait_for(lambda: bool(self._pending))
             namespace = next(iter(self._pending))
-            return namespace, self._pending.pop(namespace)
+            request = self._pending.pop(namespace)
+            request["generation"] = self._generation.get(namespace, 0)
+            self._in_flight = namespace
+            return namespace, request
 
     def _serve(self) -> None:
         while True:
@@ -151,6 +162,7 @@ class ClusteringService:
                 logger.exception("clustering of run %s failed", namespace)
             with self._condition:
                 self._attempts[namespace] = self._attempts.get(namespace, 0) + 1
+                self._in_flight = None
                 self._condition.notify_all()
 
     def _cluster(self, namespace: str, request: dict) -> None:
@@ -180,11 +192,16 @@ class ClusteringService:
             "stats": stats,
         }
         with self._condition:
+            if request["generation"] != self._generation.get(namespace, 0):
+                return  # the run was forgotten while it was being clustered
             self._published[namespace] = published
             self._completed += 1
             self._condition.notify_all()
         logger.info(
-            "run %s: prototypes v%d in %.2fs", namespace, version, stats["cluster_seconds"]
+            "run %s: prototypes v%d in %.2fs",
+            namespace,
+            version,
+            stats["cluster_seconds"],
         )
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import ray
 import torch
 
+from rekd_ray.orchestration.clustering_service import get_or_create_clustering_service
 from rekd_ray.training.relations import lookup_assignments
 
 __all__ = ["RayRelationSource"]
@@ -77,6 +78,7 @@ class RayRelationSource:
         self._stats: dict[str, float] = {}
         self._wait_seconds = 0.0
         self._stale_versions_seen = 0
+        self._reconnects = 0
 
     @property
     def version(self) -> int:
@@ -104,39 +106,69 @@ class RayRelationSource:
         if len(self._writes_in_flight) > self.max_in_flight:
             ray.get(self._writes_in_flight.pop(0))
 
-    def request_clustering(self) -> None:
-        """Flush, let the writes land, then queue a clustering of this run."""
+    def sync(self) -> None:
+        """Send the buffered rows and wait until every write has landed."""
         self.flush()
         ray.get(self._writes_in_flight)
         self._writes_in_flight = []
-        self.service.submit.remote(
-            self.namespace,
-            self.store,
-            self.num_prototypes,
-            self.iterations,
-            self.seed,
-        )
+
+    def request_clustering(self) -> None:
+        """Let this worker's writes land, then queue a clustering of this run.
+
+        Waits for the submit itself: calls to a threaded actor may run out of
+        order, and a later ``wait_for_version`` must see this request.
+        """
+        self.sync()
+        try:
+            ray.get(
+                self.service.submit.remote(
+                    self.namespace,
+                    self.store,
+                    self.num_prototypes,
+                    self.iterations,
+                    self.seed,
+                )
+            )
+        except ray.exceptions.RayActorError:
+            self._reconnect()
+            logger.warning("clustering service died; request dropped, reconnected")
 
     def refresh(self, wait: bool = False) -> bool:
         """Pick up a newer clustering if one is published; True if it changed."""
-        if wait:
-            start = time.perf_counter()
-            published = ray.get(
-                self.service.wait_for_version.remote(
-                    self.namespace, self._version + 1, self.first_wait_timeout_s
-                )
-            )
-            self._wait_seconds += time.perf_counter() - start
-            return self._accept(published)
-        if self._latest_call is None:
+        try:
+            if wait:
+                return self._wait_for_next_version()
+            if self._latest_call is None:
+                self._latest_call = self.service.latest.remote(self.namespace)
+                return False
+            ready, _ = ray.wait([self._latest_call], timeout=0)
+            if not ready:
+                return False
+            published = ray.get(self._latest_call)
             self._latest_call = self.service.latest.remote(self.namespace)
+            return self._accept(published)
+        except ray.exceptions.RayActorError:
+            # The service died (Ray restarts or re-creates it): carry on with
+            # the prototypes held; newer versions arrive after reconnecting.
+            self._reconnect()
             return False
-        ready, _ = ray.wait([self._latest_call], timeout=0)
-        if not ready:
-            return False
-        published = ray.get(self._latest_call)
-        self._latest_call = self.service.latest.remote(self.namespace)
+
+    def _wait_for_next_version(self) -> bool:
+        start = time.perf_counter()
+        published = ray.get(
+            self.service.wait_for_version.remote(
+                self.namespace, self._version + 1, self.first_wait_timeout_s
+            )
+        )
+        self._wait_seconds += time.perf_counter() - start
+        # A poll sent before the wait would only bring an older version back.
+        self._latest_call = None
         return self._accept(published)
+
+    def _reconnect(self) -> None:
+        self._latest_call = None
+        self.service = get_or_create_clustering_service()
+        self._reconnects += 1
 
     def _accept(self, published: dict | None) -> bool:
         if published is None or published["version"] == self._version:
@@ -174,6 +206,4 @@ class RayRelationSource:
         return stats
 
     def close(self) -> None:
-        self.flush()
-        ray.get(self._writes_in_flight)
-        self._writes_in_flight = []
+        self.sync()

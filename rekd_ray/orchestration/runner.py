@@ -199,7 +199,9 @@ def evaluate_checkpoint(
 ) -> dict[str, float]:
     """Linear and kNN top-1 (fractions) of a checkpoint's student backbone."""
     data = data or load_dataset(config.data, seed=config.seed)
-    backbone = build_backbone(config.student.backbone, image_size=config.data.image_size)
+    backbone = build_backbone(
+        config.student.backbone, image_size=config.data.image_size
+    )
     prefix = _student_backbone_prefix(checkpoint["method"])
     backbone.load_state_dict(
         {
@@ -275,5 +277,10 @@ def _log_artifacts(config, run_id, tracking_uri, checkpoint, history) -> None:
             "".join(json.dumps(row) + "\n" for row in history)
         )
         plot_curves(history, directory / "curves.png", title=config.name)
-        for name in ("config.json", "student_backbone.pt", "history.jsonl", "curves.png"):
+        for name in (
+            "config.json",
+            "student_backbone.pt",
+            "history.jsonl",
+            "curves.png",
+        ):
             client.log_artifact(run_id, str(directory / name))

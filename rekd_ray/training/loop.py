@@ -277,13 +277,19 @@ def train(
         wait_seconds = _wait_for_first_prototypes(relation_source, state.epoch)
         sampler.set_epoch(state.epoch)
         # Augmentations depend on (seed, epoch, rank) only: resumable.
-        torch.manual_seed(config.seed * 100_003 + state.epoch * 1_009 + collectives.rank)
+        torch.manual_seed(
+            config.seed * 100_003 + state.epoch * 1_009 + collectives.rank
+        )
         train_metrics = train_one_epoch(
             method, loader, optimizers, state, config, collectives,
             relation_source, hooks,
         )  # fmt: skip
-        if relation_source is not None and collectives.is_main:
-            relation_source.request_clustering()
+        if relation_source is not None:
+            # Every worker's embeddings land before the epoch's clustering.
+            relation_source.sync()
+            collectives.barrier()
+            if collectives.is_main:
+                relation_source.request_clustering()
         metrics = _epoch_metrics(
             state, train_metrics, time.perf_counter() - start, wait_seconds,
             relation_source,

@@ -268,7 +268,9 @@ class Supervised(TrainingMethod):
         labels = self.train_labels[indices]  # (B,)
         loss = F.cross_entropy(logits, labels)
         accuracy = (logits.argmax(dim=1) == labels).float().mean()
-        return StepOutput(loss, {"loss_student": loss.item(), "train_top1": accuracy.item()})
+        return StepOutput(
+            loss, {"loss_student": loss.item(), "train_top1": accuracy.item()}
+        )
 
 
 def load_offline_teacher(teacher: MoCo, checkpoint_path: str | None) -> None:

@@ -4,6 +4,7 @@ The step only ever talks to a :class:`RelationSource`:
 
 * ``push(indices, embeddings)`` hands over teacher embeddings of a batch. It
   must not block the step.
+* ``sync()`` makes sure this worker's pushes have landed in the store.
 * ``request_clustering()`` asks for a new k-means of the newest embeddings.
 * ``refresh(wait=...)`` picks up a newer published assignment, if any; it is
   cheap enough to call every step.
@@ -62,6 +63,8 @@ class RelationSource(Protocol):
 
     def push(self, indices: torch.Tensor, embeddings: torch.Tensor) -> None: ...
 
+    def sync(self) -> None: ...
+
     def request_clustering(self) -> None: ...
 
     def refresh(self, wait: bool = False) -> bool: ...
@@ -112,6 +115,9 @@ class LocalRelationSource:
         rows = indices.cpu().numpy()
         self._features[rows] = embeddings.detach().float().cpu().numpy()
         self._filled[rows] = True
+
+    def sync(self) -> None:
+        """Nothing is buffered in process."""
 
     def request_clustering(self) -> None:
         """Cluster the embeddings stored so far (synchronously, in process)."""

@@ -82,21 +82,33 @@ class _Requester:
         return {"snapshot": snapshot, "own": own}
 
 
-@ray.remote(num_cpus=0)
-class _SlowStore:
-    """Stand-in for a big store: its snapshot keeps the service busy."""
+@ray.remote(num_cpus=0, max_concurrency=2)
+class _GatedStore:
+    """A store whose snapshot takes ``delay_s`` and reports when it started."""
 
     def __init__(self, features: np.ndarray, delay_s: float) -> None:
         self.features = features
         self.delay_s = delay_s
+        self.started = False
+
+    def entered(self) -> bool:
+        return self.started
 
     def snapshot(self) -> dict:
+        self.started = True
         time.sleep(self.delay_s)
         return {
             "version": 1,
             "features": ray.put(self.features),
             "filled": ray.put(np.ones(len(self.features), dtype=bool)),
         }
+
+
+def _wait_until_entered(store, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not ray.get(store.entered.remote()):
+        assert time.monotonic() < deadline, "the service never asked for a snapshot"
+        time.sleep(0.05)
 
 
 # --------------------------------------------------------------------------
@@ -320,13 +332,12 @@ def test_get_or_create_returns_the_one_named_service(service):
 def test_newer_request_replaces_a_queued_one(service, make_store):
     busy_ns, ns = _namespace(), _namespace()
     rows, _ = _blobs(400, 8)
-    slow = _SlowStore.remote(rows, 2.0)
+    slow = _GatedStore.remote(rows, 1.5)  # stands in for a big store
     store, truth = _filled_store(make_store, 400, 8)
     try:
-        ray.get(slow.__ray_ready__.remote())
         completed = ray.get(service.info.remote())["completed"]
         ray.get(service.submit.remote(busy_ns, slow, 2, 5))
-        time.sleep(0.3)  # the service thread is now inside the slow snapshot
+        _wait_until_entered(slow)  # the service thread is inside the snapshot
 
         # Five requests of one run while the service is busy: each replaces
         # the one before; the last one (M=6) is what gets clustered.
@@ -499,38 +510,10 @@ def test_source_keeps_its_version_across_a_service_restart(ray_local, make_store
 
 
 # --------------------------------------------------------------------------
-# Known defects, kept as strict xfails so a fix shows up as XPASS (see the
-# reasons; remove the marker with the fix).
+# Regressions: waits that end promptly, waiters that do not starve the service,
+# forgotten runs that stay forgotten, no false stale versions.
 
 
-@ray.remote(num_cpus=0, max_concurrency=2)
-class _GatedStore:
-    """A store whose snapshot takes ``delay_s`` and reports when it started."""
-
-    def __init__(self, features: np.ndarray, delay_s: float) -> None:
-        self.features = features
-        self.delay_s = delay_s
-        self.started = False
-
-    def entered(self) -> bool:
-        return self.started
-
-    def snapshot(self) -> dict:
-        self.started = True
-        time.sleep(self.delay_s)
-        return {
-            "version": 1,
-            "features": ray.put(self.features),
-            "filled": ray.put(np.ones(len(self.features), dtype=bool)),
-        }
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="wait_for_version only wakes on an attempt that ends *after* it was "
-    "called: when a skipped/failed attempt ended before, it sleeps the full timeout",
-)
 def test_wait_after_a_finished_skip_returns_promptly(service, make_store):
     ns, marker = _namespace(), _namespace()
     few = make_store(100, 8)
@@ -550,12 +533,6 @@ def test_wait_after_a_finished_skip_returns_promptly(service, make_store):
             ray.get(service.forget.remote(name))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="16 blocking wait_for_version calls use every thread of the service "
-    "(max_concurrency=16): submit/latest/info queue behind them",
-)
 def test_blocked_waiters_do_not_starve_other_calls(service):
     waits = [service.wait_for_version.remote(_namespace(), 1, 2.0) for _ in range(16)]
     try:
@@ -567,21 +544,13 @@ def test_blocked_waiters_do_not_starve_other_calls(service):
         ray.get(waits)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="forget() during an in-flight clustering is undone: _cluster publishes "
-    "the forgotten run afterwards (a leak in the long-lived detached service)",
-)
 def test_forget_during_clustering_stays_forgotten(service):
     ns = _namespace()
     rows, _ = _blobs(200, 8)
     gated = _GatedStore.remote(rows, 0.5)
     try:
         ray.get(service.submit.remote(ns, gated, 2, 5))
-        deadline = time.monotonic() + 30
-        while not ray.get(gated.entered.remote()) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        _wait_until_entered(gated)
         ray.get(service.forget.remote(ns))
         # The attempt ends (no version can be published for a forgotten run).
         ray.get(service.wait_for_version.remote(ns, 1, 10.0))
@@ -592,12 +561,6 @@ def test_forget_during_clustering_stays_forgotten(service):
         ray.kill(gated)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="refresh(wait=True) leaves the older latest() poll in flight; the next "
-    "refresh() reads it and counts the client's own old answer as a stale version",
-)
 def test_own_outdated_poll_is_not_a_stale_version(service, make_store):
     n, d = 200, 8
     ns = _namespace()
