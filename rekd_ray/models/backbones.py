@@ -173,6 +173,20 @@ _TRUNK_BUILDERS: dict[str, Callable[[bool], nn.Module]] = {
 }
 
 
+# torchvision's MobileNet-V3 sets BN momentum 0.01, tuned for ImageNet schedules
+# of ~10^5 steps. Our CPU runs take a few hundred steps, after which such
+# running statistics are still mostly their initial values and eval-mode
+# features (kNN, linear probe) are distorted. All backbones use 0.1 (PyTorch's
+# default, which the other torchvision models already use).
+BATCHNORM_MOMENTUM = 0.1
+
+
+def _set_batchnorm_momentum(module: nn.Module, momentum: float) -> None:
+    for layer in module.modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            layer.momentum = momentum
+
+
 def build_backbone(name: str, image_size: int = 32) -> Backbone:
     """Build a randomly initialized backbone for square images.
 
@@ -193,5 +207,6 @@ def build_backbone(name: str, image_size: int = 32) -> Backbone:
         raise ValueError(f"image_size must be a positive int; got {image_size!r}")
     small = image_size <= SMALL_IMAGE_MAX_SIZE
     trunk = _TRUNK_BUILDERS[name](small)
+    _set_batchnorm_momentum(trunk, BATCHNORM_MOMENTUM)
     logger.debug("built %s (image_size=%d, small stem=%s)", name, image_size, small)
     return Backbone(name, trunk, _FEATURE_DIMS[name])

@@ -258,10 +258,7 @@ def train(
         relation_source = _default_relation_source(config, data)
     loader, sampler = build_loader(config, data, collectives)
     method = build_method(
-        config,
-        relation_source=relation_source,
-        train_labels=data.train_labels,
-        collectives=collectives,
+        config, data, relation_source=relation_source, collectives=collectives
     )
     optimizers = build_optimizers(method, config)
     state = _LoopState()

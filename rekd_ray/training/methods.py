@@ -28,6 +28,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from rekd_ray.config import ExperimentConfig, Method, TeacherKind
+from rekd_ray.data.augment import EvalTransform
+from rekd_ray.data.datasets import ImageData
 from rekd_ray.losses.infonce import info_nce_loss
 from rekd_ray.losses.relation import positives_per_anchor, relation_contrastive_loss
 from rekd_ray.losses.response import response_kd_loss
@@ -126,9 +128,15 @@ class ReKD(MocoV2):
         config: ExperimentConfig,
         collectives: Collectives,
         relation_source: RelationSource,
+        data: ImageData,
     ) -> None:
         super().__init__(config, collectives)
         self.relation_source = relation_source
+        self.clean_view = config.relation.teacher_view == "clean"
+        self.train_images = data.train_images  # (N, H, W) uint8, not a buffer
+        self.clean_transform = EvalTransform(
+            config.data.image_size, mean=data.mean, std=data.std
+        )
         self.relation_weight = config.relation.weight
         self.online_teacher = config.teacher.kind == TeacherKind.online
         self.teacher = _moco(config, "teacher")
@@ -153,12 +161,29 @@ class ReKD(MocoV2):
         if self.online_teacher:
             self.teacher.momentum_update()
 
+    @torch.no_grad()
+    def _teacher_embedding(self, indices, teacher_k: torch.Tensor | None):
+        """What goes to the store: the key encoder's embedding of the clean
+        image (in eval mode), or the key of the augmented view."""
+        if not self.clean_view and teacher_k is not None:
+            return teacher_k
+        images = self.clean_transform(self.train_images[indices.cpu()])
+        encoder = self.teacher.key_encoder
+        was_training = encoder.training
+        encoder.eval()
+        embedding = F.normalize(encoder(images.to(indices.device)), dim=1)
+        encoder.train(was_training)
+        return _float(embedding)  # (B, D_t)
+
     def _teacher_step(self, view_1, view_2, indices) -> tuple[torch.Tensor, dict]:
-        """Online teacher: its own MoCo-v2 loss; its keys go to the store."""
+        """Online teacher: its own MoCo-v2 loss; its embeddings go to the store."""
         if not self.online_teacher:
-            with torch.no_grad():
-                teacher_k = _float(self.teacher.encode_key(view_2, shuffle_bn=False))
-            self.relation_source.push(indices, teacher_k)
+            teacher_k = None
+            if not self.clean_view:
+                with torch.no_grad():
+                    teacher_k = self.teacher.encode_key(view_2, shuffle_bn=False)
+            embedding = self._teacher_embedding(indices, teacher_k)
+            self.relation_source.push(indices, _float(embedding))
             return torch.zeros(()), {}
         teacher_q = _float(self.teacher.encode_query(view_1))  # (B, D_t)
         teacher_k = _float(self.teacher.encode_key(view_2))  # (B, D_t)
@@ -167,7 +192,7 @@ class ReKD(MocoV2):
         self.teacher.queue.enqueue(
             self.collectives.gather(teacher_k), self.collectives.gather(indices)
         )
-        self.relation_source.push(indices, teacher_k)
+        self.relation_source.push(indices, self._teacher_embedding(indices, teacher_k))
         return loss, {"loss_teacher": loss.item()}
 
     def step(self, view_1, view_2, indices) -> StepOutput:
@@ -209,8 +234,9 @@ class ResponseKD(ReKD):
         config: ExperimentConfig,
         collectives: Collectives,
         relation_source: RelationSource,
+        data: ImageData,
     ) -> None:
-        super().__init__(config, collectives, relation_source)
+        super().__init__(config, collectives, relation_source, data)
         if config.student.projection_dim != config.teacher.projection_dim:
             raise ValueError(
                 "method=response compares student and teacher embeddings: "
@@ -291,20 +317,18 @@ def load_offline_teacher(teacher: MoCo, checkpoint_path: str | None) -> None:
 
 def build_method(
     config: ExperimentConfig,
+    data: ImageData,
     *,
     relation_source: RelationSource | None = None,
-    train_labels: torch.Tensor | None = None,
     collectives: Collectives = SINGLE_PROCESS,
 ) -> TrainingMethod:
     """The ``nn.Module`` that computes ``config.method``'s loss for one batch."""
     if config.method == Method.mocov2:
         return MocoV2(config, collectives)
     if config.method == Method.supervised:
-        if train_labels is None:
-            raise ValueError("method=supervised needs train_labels")
-        return Supervised(config, train_labels)
+        return Supervised(config, data.train_labels)
     if relation_source is None:
         raise ValueError(f"method={config.method.value} needs a relation_source")
     if config.method == Method.rekd:
-        return ReKD(config, collectives, relation_source)
-    return ResponseKD(config, collectives, relation_source)
+        return ReKD(config, collectives, relation_source, data)
+    return ResponseKD(config, collectives, relation_source, data)
