@@ -142,6 +142,9 @@ class RelationConfig(_Section):
     those of random crops (measured on Fashion-MNIST with a random-init
     AlexNet teacher, M = 100: same-prototype pairs sharing a label 0.51 against
     0.23), at the cost of one no-grad teacher forward per batch.
+    ``teacher_features``: "backbone" clusters the teacher's pooled features
+    (kept more class structure than the head output early in training);
+    "embedding" its 128-d head output; "backbone" needs ``teacher_view=clean``.
     """
 
     num_prototypes: int = Field(100, ge=2)
@@ -149,10 +152,22 @@ class RelationConfig(_Section):
     # What the teacher embeds for the store: the un-augmented image ("clean",
     # one extra no-grad teacher forward) or its augmented key view.
     teacher_view: Literal["clean", "augmented"] = "clean"
+    # Which teacher output is clustered: its backbone features (pooled, before
+    # the head) or the 128-d projection-head embedding it is trained on.
+    teacher_features: Literal["backbone", "embedding"] = "backbone"
     kmeans_iterations: int = Field(20, ge=1)
     recluster_every_steps: int | None = Field(None, ge=1)
     teacher_temperature: float = Field(0.07, gt=0.0)
     student_temperature: float = Field(0.2, gt=0.0)
+
+    @model_validator(mode="after")
+    def _backbone_features_need_clean_view(self) -> RelationConfig:
+        if self.teacher_features == "backbone" and self.teacher_view != "clean":
+            raise ValueError(
+                "teacher_features=backbone needs teacher_view=clean (augmented "
+                "keys exist only as head embeddings); set one of them"
+            )
+        return self
 
 
 class OptimConfig(_Section):
@@ -212,6 +227,15 @@ class ExperimentConfig(_Section):
     @property
     def uses_teacher(self) -> bool:
         return self.method in (Method.rekd, Method.response)
+
+    @property
+    def teacher_store_dim(self) -> int:
+        """D of the vectors the teacher writes to the feature store."""
+        if self.relation.teacher_features == "embedding":
+            return self.teacher.projection_dim
+        from rekd_ray.models.backbones import backbone_feature_dim
+
+        return backbone_feature_dim(self.teacher.backbone)
 
 
 def _format_error(error: ValidationError) -> str:

@@ -139,7 +139,7 @@ def run_training(
         service = get_or_create_clustering_service()
         store = TeacherFeatureStore.options(
             name=store_actor_name(run_id), namespace=RAY_NAMESPACE
-        ).remote(run_id, num_samples, config.teacher.projection_dim)
+        ).remote(run_id, num_samples, config.teacher_store_dim)
         board = ProgressBoard.options(
             name=f"rekd-progress-{run_id}", namespace=RAY_NAMESPACE
         ).remote()

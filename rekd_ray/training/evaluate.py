@@ -40,7 +40,8 @@ def subset(num_items: int, size: int | None, seed: int) -> torch.Tensor:
 
 def _features(backbone, images, config: ExperimentConfig, data: ImageData):
     transform = EvalTransform(config.data.image_size, mean=data.mean, std=data.std)
-    return extract_features(backbone, images, transform, batch_size=512)
+    device = next(backbone.parameters()).device
+    return extract_features(backbone, images, transform, batch_size=512, device=device)
 
 
 def monitor_knn(

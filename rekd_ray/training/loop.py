@@ -92,6 +92,18 @@ def build_loader(
     return loader, sampler
 
 
+def training_device(config: ExperimentConfig) -> torch.device:
+    """The GPU Ray Train assigned when ``runtime.use_gpu``, else the CPU."""
+    if config.runtime.use_gpu:
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                "runtime.use_gpu=true but torch sees no CUDA device; "
+                "set runtime.use_gpu=false"
+            )
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def build_optimizers(
     method: TrainingMethod, config: ExperimentConfig
 ) -> dict[str, torch.optim.Optimizer]:
@@ -148,7 +160,10 @@ def train_one_epoch(
     total_steps = config.optim.epochs * len(loader)
     use_bf16 = config.runtime.precision == "bf16"
     recluster_every = config.relation.recluster_every_steps
+    device = next(method.parameters()).device
     for view_1, view_2, indices in loader:
+        view_1, view_2 = view_1.to(device), view_2.to(device)
+        indices = indices.to(device)
         lr = learning_rate(config, state.global_step, total_steps)
         for optimizer in optimizers.values():
             for group in optimizer.param_groups:
@@ -156,7 +171,7 @@ def train_one_epoch(
         if relation_source is not None:
             relation_source.refresh(wait=False)
 
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             output = method.step(view_1, view_2, indices)
         _check_finite(output.loss, state.global_step, state.epoch)
         for optimizer in optimizers.values():
@@ -220,7 +235,7 @@ def _default_relation_source(
         return None
     return LocalRelationSource(
         data.num_train,
-        config.teacher.projection_dim,
+        config.teacher_store_dim,
         config.relation.num_prototypes,
         iterations=config.relation.kmeans_iterations,
         seed=config.seed,
@@ -260,6 +275,7 @@ def train(
     method = build_method(
         config, data, relation_source=relation_source, collectives=collectives
     )
+    method.to(training_device(config))
     optimizers = build_optimizers(method, config)
     state = _LoopState()
     state.initial_backbone = {

@@ -133,6 +133,7 @@ class ReKD(MocoV2):
         super().__init__(config, collectives)
         self.relation_source = relation_source
         self.clean_view = config.relation.teacher_view == "clean"
+        self.cluster_backbone = config.relation.teacher_features == "backbone"
         self.train_images = data.train_images  # (N, H, W) uint8, not a buffer
         self.clean_transform = EvalTransform(
             config.data.image_size, mean=data.mean, std=data.std
@@ -163,17 +164,19 @@ class ReKD(MocoV2):
 
     @torch.no_grad()
     def _teacher_embedding(self, indices, teacher_k: torch.Tensor | None):
-        """What goes to the store: the key encoder's embedding of the clean
-        image (in eval mode), or the key of the augmented view."""
+        """What goes to the store: the teacher key encoder's features of the
+        clean image (eval mode; backbone features or head embedding), or the
+        key of the augmented view."""
         if not self.clean_view and teacher_k is not None:
             return teacher_k
         images = self.clean_transform(self.train_images[indices.cpu()])
         encoder = self.teacher.key_encoder
+        network = encoder.backbone if self.cluster_backbone else encoder
         was_training = encoder.training
         encoder.eval()
-        embedding = F.normalize(encoder(images.to(indices.device)), dim=1)
+        features = F.normalize(network(images.to(indices.device)), dim=1)
         encoder.train(was_training)
-        return _float(embedding)  # (B, D_t)
+        return _float(features)  # (B, D_store)
 
     def _teacher_step(self, view_1, view_2, indices) -> tuple[torch.Tensor, dict]:
         """Online teacher: its own MoCo-v2 loss; its embeddings go to the store."""
@@ -207,7 +210,10 @@ class ReKD(MocoV2):
         relation = relation_contrastive_loss(
             q, k, queue, query_labels, queue_labels, self.temperature
         )
-        student_loss = instance + self.relation_weight * relation
+        # Normalized by 1 + weight: with no related keys the student's
+        # gradient is exactly MoCo-v2's, at the same learning rate.
+        weight = self.relation_weight
+        student_loss = (instance + weight * relation) / (1.0 + weight)
         self.student.queue.enqueue(all_keys, all_indices)
 
         positives = positives_per_anchor(query_labels, queue_labels)
