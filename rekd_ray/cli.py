@@ -31,7 +31,7 @@ app = typer.Typer(
 )
 stderr = Console(stderr=True)
 
-EXIT_BAD_INPUT = 2
+EXIT_BAD_INPUT = 2  # failed runs exit 1, interrupts 130
 
 
 def _fail(message: str) -> None:
@@ -111,12 +111,25 @@ def train(
     except ConfigError as error:
         _fail(str(error))
 
-    from rekd_ray.orchestration.runner import run_training
+    from rekd_ray.orchestration.runner import RunFailedError, run_training
 
-    with _stdout_to_stderr(json_output), _progress(enabled=not json_output) as update:
-        summary = run_training(
-            experiment, tracking_uri=tracking_uri, address=address, on_progress=update
-        )
+    try:
+        with (
+            _stdout_to_stderr(json_output),
+            _progress(enabled=not json_output) as update,
+        ):
+            summary = run_training(
+                experiment,
+                tracking_uri=tracking_uri,
+                address=address,
+                on_progress=update,
+            )
+    except RunFailedError as error:
+        stderr.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        stderr.print("interrupted: the MLflow run is marked KILLED")
+        raise typer.Exit(130) from None
     if json_output:
         typer.echo(json.dumps(summary.to_json()))
     else:

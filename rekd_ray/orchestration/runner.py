@@ -50,9 +50,31 @@ from rekd_ray.tracking.plots import plot_curves
 from rekd_ray.training.checkpoint import load_checkpoint
 from rekd_ray.training.evaluate import final_evaluation
 
-__all__ = ["RunSummary", "check_against_data", "evaluate_checkpoint", "run_training"]
+__all__ = [
+    "RunFailedError",
+    "RunSummary",
+    "check_against_data",
+    "evaluate_checkpoint",
+    "run_training",
+]
 
 logger = logging.getLogger(__name__)
+
+
+class RunFailedError(RuntimeError):
+    """Training or evaluation failed; the MLflow run was marked FAILED.
+
+    Attributes:
+        run_id: the MLflow run.
+    """
+
+    def __init__(self, run_id: str, cause: BaseException) -> None:
+        first_line = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        super().__init__(
+            f"run {run_id} failed ({type(cause).__name__}: {first_line}); "
+            "it is marked FAILED in MLflow"
+        )
+        self.run_id = run_id
 
 
 @dataclass
@@ -90,6 +112,13 @@ def check_against_data(config: ExperimentConfig) -> int:
         num_samples = dataset_size(config.data)
     except FileNotFoundError as error:
         raise ConfigError(f"data.root: {error}") from None
+    if config.teacher.kind.value == "offline" and config.uses_teacher:
+        checkpoint = Path(config.teacher.checkpoint or "")
+        if not (checkpoint.is_file() or (checkpoint / "checkpoint.pt").is_file()):
+            raise ConfigError(
+                f"teacher.checkpoint: {str(checkpoint)!r} is not a checkpoint.pt "
+                "(or a directory holding one) written by rekd train"
+            )
     if config.uses_teacher and config.relation.num_prototypes > num_samples:
         raise ConfigError(
             f"relation.num_prototypes: M={config.relation.num_prototypes} is "
@@ -159,9 +188,9 @@ def run_training(
     except KeyboardInterrupt:
         end_run(tracking_uri, run_id, "KILLED")
         raise
-    except BaseException:
+    except BaseException as error:
         end_run(tracking_uri, run_id, "FAILED")
-        raise
+        raise RunFailedError(run_id, error) from error
     finally:
         for actor in actors:
             ray.kill(actor)

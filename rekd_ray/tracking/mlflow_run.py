@@ -15,7 +15,7 @@ import logging
 import time
 from pathlib import Path
 
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from rekd_ray.config import ExperimentConfig, flatten_config
@@ -101,7 +101,3 @@ def end_run(tracking_uri: str, run_id: str, status: str) -> None:
 
 def run_status(tracking_uri: str, run_id: str) -> str:
     return MlflowClient(tracking_uri).get_run(run_id).info.status
-
-
-def status_name(status: int) -> str:
-    return RunStatus.to_string(status)

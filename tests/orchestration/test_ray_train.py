@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from rekd_ray.orchestration.runner import run_training
+from rekd_ray.orchestration.runner import RunFailedError, run_training
 from tests.conftest import tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -105,3 +105,23 @@ def test_real_fashion_mnist_through_the_actors(ray_local, tmp_path):
     assert run.data.metrics["kd/prototype_version"] >= 1.0
     # Ten classes (chance 10 %); a linear probe on any sane feature beats 60 %.
     assert summary.linear_top1 > 60.0
+
+
+def test_a_failing_worker_ends_the_run_failed(ray_local, tmp_path):
+    # Files that count as images but do not decode: the workers fail inside
+    # Ray Train, after the MLflow run exists.
+    root = tmp_path / "images"
+    for split in ("train", "val"):
+        for label in ("a", "b"):
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for number in range(8):
+                (folder / f"{number}.png").write_bytes(b"not a png")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    config = tiny_config(
+        data={"dataset": "image_folder", "root": str(root)},
+        runtime={"storage_path": str(tmp_path / "runs")},
+    )
+    with pytest.raises(RunFailedError, match="marked FAILED") as failure:
+        run_training(config, tracking_uri=uri)
+    assert MlflowClient(uri).get_run(failure.value.run_id).info.status == "FAILED"
