@@ -17,39 +17,11 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor
 
+from rekd_ray.evaluation.inputs import check_train_test_features
+
 __all__ = ["weighted_knn_accuracy"]
 
 logger = logging.getLogger(__name__)
-
-
-def _check_inputs(
-    train_features: Tensor,
-    train_labels: Tensor,
-    test_features: Tensor,
-    test_labels: Tensor,
-) -> None:
-    if train_features.ndim != 2 or test_features.ndim != 2:
-        raise ValueError(
-            "train_features and test_features must be 2-d (N, F); got "
-            f"{tuple(train_features.shape)} and {tuple(test_features.shape)}"
-        )
-    if train_features.shape[1] != test_features.shape[1]:
-        raise ValueError(
-            "train_features and test_features must have the same F; got "
-            f"{train_features.shape[1]} and {test_features.shape[1]}"
-        )
-    if train_labels.shape != train_features.shape[:1]:
-        raise ValueError(
-            f"train_labels must have shape ({train_features.shape[0]},); "
-            f"got {tuple(train_labels.shape)}"
-        )
-    if test_labels.shape != test_features.shape[:1]:
-        raise ValueError(
-            f"test_labels must have shape ({test_features.shape[0]},); "
-            f"got {tuple(test_labels.shape)}"
-        )
-    if train_features.shape[0] == 0:
-        raise ValueError("train_features must hold at least one sample; got 0")
 
 
 def weighted_knn_accuracy(
@@ -87,7 +59,7 @@ def weighted_knn_accuracy(
         ValueError: On mismatched shapes, an empty train set, a k < 1, a
             non-positive temperature or chunk size.
     """
-    _check_inputs(train_features, train_labels, test_features, test_labels)
+    check_train_test_features(train_features, train_labels, test_features, test_labels)
     if not ks or min(ks) < 1:
         raise ValueError(f"ks must be non-empty positive ints; got {tuple(ks)!r}")
     if temperature <= 0:

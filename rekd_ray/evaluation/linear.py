@@ -22,37 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rekd_ray.evaluation.inputs import check_train_test_features
+
 __all__ = ["linear_probe_accuracy"]
 
 logger = logging.getLogger(__name__)
-
-
-def _check_inputs(
-    train_features: Tensor,
-    train_labels: Tensor,
-    test_features: Tensor,
-    test_labels: Tensor,
-) -> None:
-    if train_features.ndim != 2 or test_features.ndim != 2:
-        raise ValueError(
-            "train_features and test_features must be 2-d (N, F); got "
-            f"{tuple(train_features.shape)} and {tuple(test_features.shape)}"
-        )
-    if train_features.shape[1] != test_features.shape[1]:
-        raise ValueError(
-            "train_features and test_features must have the same F; got "
-            f"{train_features.shape[1]} and {test_features.shape[1]}"
-        )
-    if train_labels.shape != train_features.shape[:1] or train_labels.numel() == 0:
-        raise ValueError(
-            f"train_labels must have shape ({train_features.shape[0]},) with "
-            f"N >= 1; got {tuple(train_labels.shape)}"
-        )
-    if test_labels.shape != test_features.shape[:1]:
-        raise ValueError(
-            f"test_labels must have shape ({test_features.shape[0]},); "
-            f"got {tuple(test_labels.shape)}"
-        )
 
 
 def _train_classifier(
@@ -125,7 +99,7 @@ def linear_probe_accuracy(
     Raises:
         ValueError: On mismatched shapes or non-positive epochs, lr or batch.
     """
-    _check_inputs(train_features, train_labels, test_features, test_labels)
+    check_train_test_features(train_features, train_labels, test_features, test_labels)
     for param, value in (("epochs", epochs), ("lr", lr), ("batch_size", batch_size)):
         if value <= 0:
             raise ValueError(f"{param} must be > 0; got {value!r}")
