@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import tempfile
 import threading
 import time
@@ -150,6 +151,18 @@ def ensure_ray(address: str | None) -> None:
         )
 
 
+def _terminate_as_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"received signal {signum}")
+
+
+def _treat_sigterm_as_interrupt() -> None:
+    # A `kill` (or a scheduler's preemption) must end the MLflow run KILLED,
+    # like Ctrl-C. Installed after ray.init, which sets its own SIGTERM handler
+    # that would exit as a failure.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+
+
 def run_training(
     config: ExperimentConfig,
     *,
@@ -162,6 +175,7 @@ def run_training(
     tracking_uri = resolve_tracking_uri(tracking_uri)
     start = time.perf_counter()
     ensure_ray(address)
+    _treat_sigterm_as_interrupt()
     run_id = start_run(config, tracking_uri)
     actors = []
     try:
