@@ -105,8 +105,12 @@ def train(
     _setup_logging(verbose)
     try:
         experiment = load_config(config, set_ or [])
-        from rekd_ray.orchestration.runner import check_against_data
+        from rekd_ray.orchestration.runner import (
+            check_against_data,
+            check_local_resources,
+        )
 
+        check_local_resources(experiment, address)
         check_against_data(experiment)
     except ConfigError as error:
         _fail(str(error))

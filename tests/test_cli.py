@@ -32,6 +32,7 @@ BAD_INPUTS = [
         "data.root",
     ),
     (["--set", "optim.warp_speed=9"], "optim.warp_speed"),
+    (["--set", "runtime.num_workers=64"], "runtime.num_workers"),
 ]
 
 

@@ -136,6 +136,33 @@ def check_against_data(config: ExperimentConfig) -> int:
     return num_samples
 
 
+def check_local_resources(config: ExperimentConfig, address: str | None) -> None:
+    """On a local Ray, every Train worker needs a CPU (and a GPU if asked).
+
+    Raises:
+        ConfigError: more workers than this machine can place; Ray would wait
+            for them forever. A cluster (``address``) may autoscale: not checked.
+    """
+    if address:
+        return
+    cpus = os.cpu_count() or 1
+    if config.runtime.num_workers > cpus:
+        raise ConfigError(
+            f"runtime.num_workers: {config.runtime.num_workers} workers need one "
+            f"CPU each; this machine has {cpus}. Lower it, or pass --address to "
+            "use a Ray cluster"
+        )
+    if config.runtime.use_gpu:
+        import torch
+
+        if torch.cuda.device_count() < config.runtime.num_workers:
+            raise ConfigError(
+                f"runtime.use_gpu: {config.runtime.num_workers} workers need one "
+                f"GPU each; torch sees {torch.cuda.device_count()}. Set "
+                "runtime.use_gpu=false or lower runtime.num_workers"
+            )
+
+
 def ensure_ray(address: str | None) -> None:
     """Connect to ``address`` or start a local Ray (dashboard off, loopback)."""
     if ray.is_initialized():
@@ -171,6 +198,7 @@ def run_training(
     on_progress: Callable[[dict[str, float]], None] | None = None,
 ) -> RunSummary:
     """Train ``config`` on Ray, evaluate it and log everything to MLflow."""
+    check_local_resources(config, address)
     num_samples = check_against_data(config)
     tracking_uri = resolve_tracking_uri(tracking_uri)
     start = time.perf_counter()
