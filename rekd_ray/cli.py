@@ -19,6 +19,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.logging import RichHandler
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -40,12 +41,16 @@ def _fail(message: str) -> None:
 
 
 def _setup_logging(verbose: bool) -> None:
+    # Through rich, so log lines print above the progress bar, not into it.
     logging.basicConfig(
         level=logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+        format="%(name)s: %(message)s",
+        handlers=[RichHandler(console=stderr, show_path=False)],
+        force=True,
     )
     logging.getLogger("rekd_ray").setLevel(logging.DEBUG if verbose else logging.INFO)
+    for noisy in ("ray", "mlflow", "alembic", "faiss"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 @contextlib.contextmanager
@@ -149,13 +154,15 @@ def _progress(enabled: bool):
     columns = (
         TextColumn("[bold]training"),
         BarColumn(),
-        TextColumn("step {task.completed}/{task.total}"),
+        TextColumn("step {task.fields[step]}"),
         TextColumn("loss {task.fields[loss]}"),
         TextColumn("kNN {task.fields[knn]}"),
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=stderr, transient=False) as progress:
-        task = progress.add_task("train", total=None, loss="-", knn="-")
+        task = progress.add_task(
+            "train", total=None, step="starting Ray workers...", loss="-", knn="-"
+        )
 
         def update(state: dict) -> None:
             if not state:
@@ -165,12 +172,10 @@ def _progress(enabled: bool):
                 fields["loss"] = f"{state['loss']:.3f}"
             if "val/knn_top1" in state:
                 fields["knn"] = f"{100 * state['val/knn_top1']:.1f}%"
-            progress.update(
-                task,
-                completed=state.get("step", 0),
-                total=state.get("total_steps"),
-                **fields,
-            )
+            step, total = int(state.get("step", 0)), state.get("total_steps")
+            if total:
+                fields["step"] = f"{step}/{int(total)}"
+            progress.update(task, completed=step, total=total, **fields)
 
         yield update
 
@@ -221,6 +226,9 @@ def evaluate(
     from rekd_ray.training.evaluate import final_evaluation
 
     uri = resolve_tracking_uri(tracking_uri)
+    database = uri.removeprefix("sqlite:///")
+    if uri.startswith("sqlite:///") and not Path(database).is_file():
+        _fail(f"--tracking-uri: no MLflow database at {database}; pass --tracking-uri")
     client = MlflowClient(uri)
     with tempfile.TemporaryDirectory() as directory:
         try:
@@ -238,7 +246,8 @@ def evaluate(
         backbone = build_backbone(config.student.backbone, config.data.image_size)
         backbone.load_state_dict(torch.load(weights, weights_only=True))
     with _stdout_to_stderr(json_output):
-        metrics = final_evaluation(backbone, load_dataset(config.data), config)
+        data = load_dataset(config.data, seed=config.seed)  # the run's subsets
+        metrics = final_evaluation(backbone, data, config)
         log_metrics(uri, run_id, {f"eval/{k}": v for k, v in metrics.items()}, 0)
     result = {"run_id": run_id, **{k: 100.0 * v for k, v in metrics.items()}}
     if json_output:

@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from rekd_ray.models.backbones import BACKBONE_NAMES
+from rekd_ray.models.names import BACKBONE_NAMES
 
 __all__ = [
     "ConfigError",
@@ -106,7 +106,7 @@ class TeacherConfig(BackboneConfig):
     """The teacher: ``online`` trains with its own MoCo-v2 loss in the same
     step; ``offline`` is frozen and loaded from ``checkpoint``."""
 
-    backbone: str = "resnet18"
+    backbone: str = "alexnet"
     kind: TeacherKind = TeacherKind.online
     checkpoint: str | None = None
 
@@ -147,7 +147,7 @@ class RelationConfig(_Section):
     "embedding" its 128-d head output; "backbone" needs ``teacher_view=clean``.
     """
 
-    num_prototypes: int = Field(100, ge=2)
+    num_prototypes: int = Field(300, ge=2)
     weight: float = Field(1.0, ge=0.0)
     # What the teacher embeds for the store: the un-augmented image ("clean",
     # one extra no-grad teacher forward) or its augmented key view.
@@ -164,14 +164,14 @@ class RelationConfig(_Section):
     def _backbone_features_need_clean_view(self) -> RelationConfig:
         if self.teacher_features == "backbone" and self.teacher_view != "clean":
             raise ValueError(
-                "teacher_features=backbone needs teacher_view=clean (augmented "
-                "keys exist only as head embeddings); set one of them"
+                "relation.teacher_features=backbone needs relation.teacher_view="
+                "clean (augmented keys exist only as head embeddings); set one"
             )
         return self
 
 
 class OptimConfig(_Section):
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(3, ge=1)
     batch_size: int = Field(256, ge=2)
     lr: float = Field(0.06, gt=0.0)
     weight_decay: float = Field(5e-4, ge=0.0)
@@ -200,7 +200,10 @@ class RuntimeConfig(_Section):
 
 
 class ExperimentConfig(_Section):
-    """A whole run: method, data, student, teacher, optimization, evaluation."""
+    """A whole run: method, data, student, teacher, optimization, evaluation.
+
+    The defaults are the main job (experiments/fashion_mnist_rekd.yaml).
+    """
 
     name: str = "rekd"
     seed: int = 0
@@ -222,6 +225,15 @@ class ExperimentConfig(_Section):
                 f"optim.batch_size ({self.optim.batch_size}); raise the queue "
                 "or lower the batch"
             )
+        if (
+            self.method == Method.response
+            and self.student.projection_dim != self.teacher.projection_dim
+        ):
+            raise ValueError(
+                f"student.projection_dim ({self.student.projection_dim}) must equal "
+                f"teacher.projection_dim ({self.teacher.projection_dim}) for "
+                "method=response, which compares their embeddings"
+            )
         return self
 
     @property
@@ -240,10 +252,12 @@ class ExperimentConfig(_Section):
 
 def _format_error(error: ValidationError) -> str:
     first = error.errors()[0]
-    key = ".".join(str(part) for part in first["loc"]) or "config"
+    key = ".".join(str(part) for part in first["loc"])
     if first["type"] == "extra_forbidden":
         return f"{key}: unknown key; check the spelling against experiments/*.yaml"
     message = first["msg"].removeprefix("Value error, ")
+    if not key or message.startswith(f"{key}."):
+        return message  # a cross-field check that names its own fields
     given = first.get("input")
     if isinstance(given, dict | list) or first["type"].startswith("value_error"):
         return f"{key}: {message}"

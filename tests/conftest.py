@@ -29,7 +29,7 @@ TINY = {
     "eval": {
         "monitor_train_samples": 64,
         "monitor_test_samples": 32,
-        "linear_epochs": 5,
+        "linear_epochs": 30,
         "baseline_random_init": False,
     },
 }

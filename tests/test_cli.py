@@ -33,6 +33,12 @@ BAD_INPUTS = [
     ),
     (["--set", "optim.warp_speed=9"], "optim.warp_speed"),
     (["--set", "runtime.num_workers=64"], "runtime.num_workers"),
+    (["--set", "data.train_subset=100000"], "data.train_subset"),
+    (["--set", "data.test_subset=100000"], "data.test_subset"),
+    (
+        ["--set", "method=response", "--set", "teacher.projection_dim=64"],
+        "teacher.projection_dim",
+    ),
 ]
 
 
@@ -57,7 +63,17 @@ def test_yaml_that_does_not_parse(workdir):
     assert not (workdir / "mlflow.db").exists()
 
 
+def test_eval_without_a_database_creates_none(workdir):
+    result = CliRunner().invoke(app, ["eval", "deadbeef"])
+    assert result.exit_code == 2
+    assert "--tracking-uri" in result.output
+    assert not (workdir / "mlflow.db").exists()
+
+
 def test_eval_of_unknown_run(workdir):
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(f"sqlite:///{workdir}/mlflow.db").search_experiments()
     result = CliRunner().invoke(app, ["eval", "deadbeef"])
     assert result.exit_code == 2
     assert "RUN_ID" in result.output

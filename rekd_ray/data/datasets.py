@@ -27,7 +27,7 @@ from rekd_ray.data.fashion_mnist import (
     DatasetMissingError,
     load_fashion_mnist,
 )
-from rekd_ray.data.image_folder import load_image_folder, train_dir
+from rekd_ray.data.image_folder import eval_dir, load_image_folder, train_dir
 from rekd_ray.data.synthetic import make_synthetic_images
 
 if TYPE_CHECKING:
@@ -312,17 +312,24 @@ def load_dataset(config: DataConfig, seed: int = 0) -> ImageData:
 def dataset_size(config: DataConfig) -> int:
     """Number of training samples after ``train_subset``, without decoding.
 
+    Also checks ``test_subset`` against the test split, so that both subsets
+    are validated before any run starts.
+
     Raises:
-        ValueError: train_subset is larger than the train split.
+        ValueError: a subset is larger than its split.
         FileNotFoundError: data.root is missing for a file-backed dataset.
     """
     name = _dataset_name(config)
     if name == "synthetic":
         size = config.synthetic_train_samples
+        test_size = config.synthetic_test_samples
     elif name == "fashion_mnist":
         _check_root(config)
         size = FASHION_MNIST_SIZES["train"]
+        test_size = FASHION_MNIST_SIZES["test"]
     else:
         _check_root(config)
         size = len(ImageFolder(str(train_dir(config.root))).samples)
+        test_size = len(ImageFolder(str(eval_dir(config.root))).samples)
+    _check_subset("test_subset", config.test_subset, test_size, "test")
     return _check_subset("train_subset", config.train_subset, size, "train")

@@ -89,7 +89,9 @@ def linear_probe_accuracy(
         epochs: Passes over the train split.
         lr: Peak AdamW learning rate (cosine-decayed to zero).
         weight_decay: AdamW decoupled weight decay.
-        batch_size: Train samples per step.
+        batch_size: Train samples per step, at most; small train splits use
+            batches of N / 16 (at least 16) so that every epoch takes several
+            optimizer steps instead of one.
         seed: Seed of the shuffling; equal seeds give equal results.
         num_classes: C; defaults to the largest label + 1.
 
@@ -117,6 +119,8 @@ def linear_probe_accuracy(
     train_x = (train_features - mean) / std  # (N, F)
     test_x = (test_features.detach().float() - mean) / std  # (T, F)
 
+    num_train = train_x.shape[0]
+    batch_size = min(batch_size, max(16, math.ceil(num_train / 16)))
     classifier = nn.Linear(train_x.shape[1], num_classes).to(train_x.device)
     nn.init.zeros_(classifier.weight)
     nn.init.zeros_(classifier.bias)

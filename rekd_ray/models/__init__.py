@@ -1,4 +1,7 @@
-"""Backbones, projection heads and MoCo encoders."""
+"""Backbones, projection heads and MoCo encoders.
+
+Importing this package imports torch; ``rekd_ray.models.names`` does not.
+"""
 
 from rekd_ray.models.backbones import (
     BACKBONE_NAMES,

@@ -38,19 +38,12 @@ from collections.abc import Callable
 from torch import Tensor, nn
 from torchvision import models
 
+from rekd_ray.models.names import BACKBONE_NAMES
+
 __all__ = ["BACKBONE_NAMES", "Backbone", "backbone_feature_dim", "build_backbone"]
 
 logger = logging.getLogger(__name__)
 
-BACKBONE_NAMES: tuple[str, ...] = (
-    "alexnet",
-    "mobilenet_v3_small",
-    "mobilenet_v3_large",
-    "shufflenet_v2_x1_0",
-    "efficientnet_b0",
-    "resnet18",
-    "resnet50",
-)
 
 # Largest image side that gets the small-image stems; above it, stock stems.
 SMALL_IMAGE_MAX_SIZE = 64

@@ -113,6 +113,8 @@ def check_against_data(config: ExperimentConfig) -> int:
         num_samples = dataset_size(config.data)
     except FileNotFoundError as error:
         raise ConfigError(f"data.root: {error}") from None
+    except ValueError as error:  # a subset larger than its split
+        raise ConfigError(str(error)) from None
     if config.teacher.kind.value == "offline" and config.uses_teacher:
         checkpoint = Path(config.teacher.checkpoint or "")
         if not (checkpoint.is_file() or (checkpoint / "checkpoint.pt").is_file()):
@@ -167,14 +169,15 @@ def ensure_ray(address: str | None) -> None:
     """Connect to ``address`` or start a local Ray (dashboard off, loopback)."""
     if ray.is_initialized():
         return
+    quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
     if address:
-        ray.init(address=address, namespace=RAY_NAMESPACE, log_to_driver=False)
+        ray.init(address=address, namespace=RAY_NAMESPACE, **quiet)
     else:
         ray.init(
             num_cpus=os.cpu_count(),
             namespace=RAY_NAMESPACE,
             include_dashboard=False,
-            log_to_driver=False,
+            **quiet,
         )
 
 

@@ -96,7 +96,11 @@ def test_real_fashion_mnist_through_the_actors(ray_local, tmp_path):
         moco={"queue_size": 512},
         relation={"num_prototypes": 20},
         optim={"epochs": 2, "batch_size": 128},
-        eval={"monitor_train_samples": 2048, "monitor_test_samples": 1000},
+        eval={
+            "monitor_train_samples": 2048,
+            "monitor_test_samples": 1000,
+            "linear_epochs": 30,
+        },
         runtime={"storage_path": str(tmp_path / "runs")},
     )
     summary = run_training(config, tracking_uri=uri)
