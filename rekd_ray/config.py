@@ -109,6 +109,10 @@ class TeacherConfig(BackboneConfig):
     backbone: str = "alexnet"
     kind: TeacherKind = TeacherKind.online
     checkpoint: str | None = None
+    # Set by `rekd sweep`: the name of a TeacherFeatureStore actor that already
+    # holds this offline teacher's features of every training sample, shared
+    # by the sweep's trials; the run then neither embeds nor writes them.
+    features_store: str | None = None
 
     @model_validator(mode="after")
     def _offline_needs_checkpoint(self) -> TeacherConfig:
@@ -116,6 +120,11 @@ class TeacherConfig(BackboneConfig):
             raise ValueError(
                 "an offline teacher needs teacher.checkpoint=PATH "
                 "(a checkpoint.pt written by rekd train)"
+            )
+        if self.features_store and self.kind != TeacherKind.offline:
+            raise ValueError(
+                "teacher.features_store holds a frozen teacher's features; it "
+                "needs teacher.kind=offline (leave it unset otherwise)"
             )
         return self
 
@@ -157,6 +166,11 @@ class RelationConfig(_Section):
     teacher_features: Literal["backbone", "embedding"] = "backbone"
     kmeans_iterations: int = Field(20, ge=1)
     recluster_every_steps: int | None = Field(None, ge=1)
+    # Wait at each epoch end for that epoch's clustering (its time, ~1 s at
+    # M=300 on 60k): prototypes then change only at epoch boundaries, so a
+    # one-worker run, and a resumed one, is reproducible. Mid-epoch
+    # re-clusterings (recluster_every_steps) are still picked up as they come.
+    sync_clustering: bool = False
     teacher_temperature: float = Field(0.07, gt=0.0)
     student_temperature: float = Field(0.2, gt=0.0)
 
@@ -192,11 +206,42 @@ class EvalConfig(_Section):
 
 
 class RuntimeConfig(_Section):
+    """Where a run executes.
+
+    ``use_gpu``: null (auto) gives every Train worker a GPU when the Ray
+    cluster has one per worker at start, else runs on CPUs; true requires GPUs
+    (an autoscaling cluster starts GPU nodes for them); false forces CPUs.
+    ``clustering_gpus`` and ``clustering_resources`` are what the cluster-wide
+    ClusteringService actor requests when a run creates it (see
+    ``ray_cluster.yaml``: ``{rekd_clustering: 1}`` pins it to the GPU node
+    type that offers that custom resource); faiss runs on the GPU whenever the
+    actor holds one.
+    """
+
     num_workers: int = Field(1, ge=1)
-    use_gpu: bool = False
+    use_gpu: bool | None = None
+    clustering_gpus: float = Field(0.0, ge=0.0)
+    clustering_resources: dict[str, float] = Field(default_factory=dict)
     precision: Literal["fp32", "bf16"] = "fp32"
     torch_threads: int | None = Field(None, ge=1)
     storage_path: str = "rekd_runs"
+    # Ray Train restarts the worker group from the last checkpoint this many
+    # times after a worker dies (a bad loss or bad data is never retried).
+    max_failures: int = Field(3, ge=0)
+
+    @field_validator("clustering_resources")
+    @classmethod
+    def _custom_resources_only(cls, resources: dict[str, float]) -> dict:
+        reserved = sorted(set(resources) & {"CPU", "GPU", "memory"})
+        if reserved:
+            raise ValueError(
+                f"takes custom resources only, got {reserved}; use "
+                "runtime.clustering_gpus for GPUs"
+            )
+        negative = sorted(name for name, value in resources.items() if value < 0)
+        if negative:
+            raise ValueError(f"amounts must be >= 0, got negative {negative}")
+        return resources
 
 
 class ExperimentConfig(_Section):

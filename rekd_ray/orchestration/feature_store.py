@@ -5,6 +5,13 @@ batches with fire-and-forget calls; the clustering service asks for a
 snapshot, which the actor ``ray.put``\\ s itself so the object outlives any
 caller (an object put by a driver dies with it, see Ray's ownership rules).
 
+Faults: Ray restarts a crashed store (``max_restarts=-1``; writes are
+overwrites, so a retried one is harmless). The restarted actor refills its
+table from the newest checkpoint under ``restore_dir`` (the run's directory),
+so the next clustering sees the last checkpointed table plus the writes since
+then rather than a nearly empty one. Writes between that checkpoint and the
+crash are lost until the next pass over the data rewrites them.
+
 Shape legend: N dataset size, B rows per write, D embedding.
 """
 
@@ -12,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 import ray
@@ -25,7 +33,7 @@ def store_actor_name(namespace: str) -> str:
     return f"rekd-feature-store-{namespace}"
 
 
-@ray.remote(num_cpus=0)
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3)
 class TeacherFeatureStore:
     """Holds an (N, D) float32 table of teacher embeddings for one run.
 
@@ -33,15 +41,47 @@ class TeacherFeatureStore:
         namespace: the run this store belongs to (its MLflow run id).
         num_samples: N.
         embedding_dim: D.
+        restore_dir: where the run's checkpoints live; read only when Ray
+            restarts this actor after a crash.
     """
 
-    def __init__(self, namespace: str, num_samples: int, embedding_dim: int) -> None:
+    def __init__(
+        self,
+        namespace: str,
+        num_samples: int,
+        embedding_dim: int,
+        restore_dir: str | None = None,
+    ) -> None:
         self.namespace = namespace
         self._features = np.zeros((num_samples, embedding_dim), dtype=np.float32)
         self._filled = np.zeros(num_samples, dtype=bool)
         self._writes = 0
         self._rows_written = 0
         self._write_seconds = 0.0
+        self._restored_from = ""
+        if restore_dir and ray.get_runtime_context().was_current_actor_reconstructed:
+            self._restore_from_checkpoint(restore_dir)
+
+    def _restore_from_checkpoint(self, restore_dir: str) -> None:
+        from rekd_ray.training.checkpoint import find_latest_checkpoint
+
+        found = find_latest_checkpoint(Path(restore_dir))
+        store = None if found is None else found[1].get("relation", {}).get("store")
+        if store is None or tuple(store["features"].shape) != self._features.shape:
+            logger.warning(
+                "feature store of run %s restarted empty (no usable checkpoint)",
+                self.namespace,
+            )
+            return
+        self.load_state(
+            {"features": store["features"].numpy(), "filled": store["filled"].numpy()}
+        )
+        self._restored_from = str(found[0])
+        logger.warning(
+            "feature store of run %s restarted; table restored from %s",
+            self.namespace,
+            found[0],
+        )
 
     def write(self, indices: np.ndarray, embeddings: np.ndarray) -> int:
         """Store ``embeddings`` (B, D) at ``indices`` (B,); returns the write count.
@@ -85,6 +125,7 @@ class TeacherFeatureStore:
             "rows_written": float(self._rows_written),
             "filled_samples": float(self._filled.sum()),
             "write_seconds": self._write_seconds,
+            "restored": float(bool(self._restored_from)),
         }
 
     def state(self) -> dict:

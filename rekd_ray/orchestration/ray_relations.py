@@ -11,6 +11,15 @@ Inside a Train worker:
   older one (for example from a restarted service) is ignored and logged.
 * ``lookup`` maps dataset indices to prototype ids from the local copy.
 
+Faults: a write the store could not take (it died for good) is logged and
+counted, not raised: the row is rewritten on the next pass. When the
+clustering service dies, the source reconnects (Ray restarts it, or the
+next caller re-creates it) and re-publishes the prototypes it holds, so the
+service continues the run's version count instead of starting at 1; until a
+newer version arrives the worker keeps what it holds. ``state_dict`` /
+``load_state_dict`` carry prototypes, version and the store's table through
+checkpoints (Ray Train restarts and ``rekd train --resume``).
+
 Shape legend: N dataset size, B batch, D teacher embedding.
 """
 
@@ -24,7 +33,12 @@ import ray
 import torch
 
 from rekd_ray.orchestration.clustering_service import get_or_create_clustering_service
-from rekd_ray.training.relations import lookup_assignments
+from rekd_ray.training.relations import (
+    PrototypeSnapshot,
+    lookup_assignments,
+    snapshot_from_state,
+    snapshot_state,
+)
 
 __all__ = ["RayRelationSource"]
 
@@ -44,6 +58,11 @@ class RayRelationSource:
         flush_rows: rows buffered locally before one write call.
         max_in_flight: outstanding writes allowed before ``push`` waits.
         first_wait_timeout_s: how long ``refresh(wait=True)`` waits.
+        service_factory: returns a live service handle after the service
+            died (default: get or create one with default resources).
+        owns_store: False when the store is shared by several runs (a
+            sweep's precomputed offline-teacher features): its table is then
+            neither checkpointed nor restored by this run.
     """
 
     def __init__(
@@ -58,6 +77,8 @@ class RayRelationSource:
         flush_rows: int = 2048,
         max_in_flight: int = 4,
         first_wait_timeout_s: float = 600.0,
+        service_factory=None,
+        owns_store: bool = True,
     ) -> None:
         self.namespace = namespace
         self.store = store
@@ -79,6 +100,12 @@ class RayRelationSource:
         self._wait_seconds = 0.0
         self._stale_versions_seen = 0
         self._reconnects = 0
+        self._service_factory = service_factory or get_or_create_clustering_service
+        self.owns_store = owns_store
+        self._prototypes: np.ndarray | None = None
+        self._writes_lost = 0
+        # A clustering was requested and no version arrived since.
+        self._clustering_pending = False
 
     @property
     def version(self) -> int:
@@ -102,14 +129,24 @@ class RayRelationSource:
         done, self._writes_in_flight = ray.wait(
             self._writes_in_flight, num_returns=len(self._writes_in_flight), timeout=0
         )
-        ray.get(done)  # surface write errors
+        self._wait_writes(done)  # surface write errors
         if len(self._writes_in_flight) > self.max_in_flight:
-            ray.get(self._writes_in_flight.pop(0))
+            self._wait_writes([self._writes_in_flight.pop(0)])
+
+    def _wait_writes(self, refs: list) -> None:
+        for ref in refs:
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayActorError as error:
+                # Ray retries writes on a restarted store; this one is gone
+                # for good. Its rows come back with the next pass.
+                self._writes_lost += 1
+                logger.warning("teacher store lost a write: %s", error)
 
     def sync(self) -> None:
         """Send the buffered rows and wait until every write has landed."""
         self.flush()
-        ray.get(self._writes_in_flight)
+        self._wait_writes(self._writes_in_flight)
         self._writes_in_flight = []
 
     def request_clustering(self) -> None:
@@ -119,19 +156,23 @@ class RayRelationSource:
         order, and a later ``wait_for_version`` must see this request.
         """
         self.sync()
-        try:
-            ray.get(
-                self.service.submit.remote(
-                    self.namespace,
-                    self.store,
-                    self.num_prototypes,
-                    self.iterations,
-                    self.seed,
+        for _attempt in range(2):
+            try:
+                ray.get(
+                    self.service.submit.remote(
+                        self.namespace,
+                        self.store,
+                        self.num_prototypes,
+                        self.iterations,
+                        self.seed,
+                    )
                 )
-            )
-        except ray.exceptions.RayActorError:
-            self._reconnect()
-            logger.warning("clustering service died; request dropped, reconnected")
+                self._clustering_pending = True
+                return
+            except ray.exceptions.RayActorError:
+                logger.warning("clustering service died; reconnecting")
+                self._reconnect()
+        logger.warning("clustering request dropped: the service is unreachable")
 
     def refresh(self, wait: bool = False) -> bool:
         """Pick up a newer clustering if one is published; True if it changed."""
@@ -150,6 +191,7 @@ class RayRelationSource:
         except ray.exceptions.RayActorError:
             # The service died (Ray restarts or re-creates it): carry on with
             # the prototypes held; newer versions arrive after reconnecting.
+            logger.warning("clustering service died; reconnecting")
             self._reconnect()
             return False
 
@@ -167,8 +209,26 @@ class RayRelationSource:
 
     def _reconnect(self) -> None:
         self._latest_call = None
-        self.service = get_or_create_clustering_service()
         self._reconnects += 1
+        try:
+            self.service = self._service_factory()
+            # A new service counts from 1: hand it what we hold first.
+            self._publish_held()
+        except ray.exceptions.RayActorError as error:
+            logger.warning("clustering service still unreachable: %s", error)
+
+    def _publish_held(self) -> None:
+        if self._version == 0 or self._assignments is None:
+            return
+        ray.get(
+            self.service.publish.remote(
+                self.namespace,
+                self._version,
+                self._assignments,
+                self._prototypes,
+                self._stats,
+            )
+        )
 
     def _accept(self, published: dict | None) -> bool:
         if published is None or published["version"] == self._version:
@@ -184,8 +244,11 @@ class RayRelationSource:
             return False
         # The object store hands out a read-only view; copy once per version.
         self._assignments = np.array(ray.get(published["assignments"]))
+        prototypes = published.get("prototypes")
+        self._prototypes = None if prototypes is None else np.array(ray.get(prototypes))
         self._version = published["version"]
         self._stats = dict(published["stats"])
+        self._clustering_pending = False
         return True
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
@@ -203,7 +266,55 @@ class RayRelationSource:
         stats["prototype_version"] = float(self._version)
         stats["prototype_wait_seconds"] = self._wait_seconds
         stats["stale_versions_ignored"] = float(self._stale_versions_seen)
+        stats["service_reconnects"] = float(self._reconnects)
+        stats["store_writes_lost"] = float(self._writes_lost)
         return stats
+
+    def state_dict(self) -> dict:
+        """Held prototypes and version, plus the store's table (if owned)."""
+        snapshot = None
+        if self._version > 0 and self._assignments is not None:
+            snapshot = PrototypeSnapshot(
+                self._version, self._assignments, self._prototypes, self._stats
+            )
+        features = filled = None
+        if self.owns_store:
+            self.sync()
+            table = ray.get(self.store.state.remote())
+            features, filled = table["features"], table["filled"]
+        state = snapshot_state(snapshot, features, filled)
+        state["clustering_pending"] = self._clustering_pending
+        return state
+
+    def load_state_dict(self, state: dict, *, shared: bool = True) -> None:
+        """Hold the checkpoint's prototypes; with ``shared`` (rank 0 only),
+        refill the store, re-publish the prototypes to the service and redo
+        a clustering the checkpoint was still waiting for."""
+        snapshot = snapshot_from_state(state)
+        self._latest_call = None
+        if snapshot is not None:
+            self._version = snapshot.version
+            self._assignments = snapshot.assignments
+            self._prototypes = snapshot.prototypes
+            self._stats = dict(snapshot.stats)
+        if not shared:
+            return
+        store = state.get("store")
+        if self.owns_store and store is not None:
+            ray.get(
+                self.store.load_state.remote(
+                    {
+                        "features": store["features"].numpy(),
+                        "filled": store["filled"].numpy(),
+                    }
+                )
+            )
+        try:
+            self._publish_held()
+        except ray.exceptions.RayActorError:
+            self._reconnect()
+        if state.get("clustering_pending"):
+            self.request_clustering()
 
     def close(self) -> None:
         self.sync()

@@ -12,6 +12,11 @@ Table of contents:
 6. evaluate the final checkpoint (linear probe and kNN; also the random-init
    student when configured), log metrics and artifacts;
 7. end the MLflow run FINISHED, or FAILED / KILLED when anything went wrong.
+
+``resume`` (``rekd train --resume``) reopens an existing MLflow run instead
+of step 3; the workers continue from its newest checkpoint (see
+``orchestration.resume`` and ``orchestration.train_worker``). Interrupts and
+fatal worker errors are handled by ``orchestration.fit_control``.
 """
 
 from __future__ import annotations
@@ -35,21 +40,26 @@ from rekd_ray.data.datasets import ImageData, dataset_size, load_dataset
 from rekd_ray.models.backbones import build_backbone
 from rekd_ray.orchestration.clustering_service import (
     RAY_NAMESPACE,
-    get_or_create_clustering_service,
+    clustering_service_for,
     service_actor_name,
 )
+from rekd_ray.orchestration.devices import check_faiss_install, with_resolved_devices
 from rekd_ray.orchestration.feature_store import TeacherFeatureStore, store_actor_name
+from rekd_ray.orchestration.fit_control import fit_under_control
 from rekd_ray.orchestration.progress import ProgressBoard
+from rekd_ray.orchestration.resume import RUN_DIR_TAG, ResumePoint
 from rekd_ray.orchestration.train_worker import build_trainer
 from rekd_ray.tracking.mlflow_run import (
     end_run,
     log_metrics,
+    reopen_run,
     resolve_tracking_uri,
     start_run,
 )
 from rekd_ray.tracking.plots import plot_curves
-from rekd_ray.training.checkpoint import load_checkpoint
+from rekd_ray.training.checkpoint import find_latest_checkpoint, load_checkpoint
 from rekd_ray.training.evaluate import final_evaluation
+from rekd_ray.training.faults import FaultPlan
 
 __all__ = [
     "RunFailedError",
@@ -144,7 +154,9 @@ def check_local_resources(config: ExperimentConfig, address: str | None) -> None
     Raises:
         ConfigError: more workers than this machine can place; Ray would wait
             for them forever. A cluster (``address``) may autoscale: not checked.
+            Also: faiss missing, or its CPU and GPU builds both installed.
     """
+    check_faiss_install(config)
     if address:
         return
     cpus = os.cpu_count() or 1
@@ -154,7 +166,7 @@ def check_local_resources(config: ExperimentConfig, address: str | None) -> None
             f"CPU each; this machine has {cpus}. Lower it, or pass --address to "
             "use a Ray cluster"
         )
-    if config.runtime.use_gpu:
+    if config.runtime.use_gpu:  # None (auto) falls back to CPUs
         import torch
 
         if torch.cuda.device_count() < config.runtime.num_workers:
@@ -166,9 +178,18 @@ def check_local_resources(config: ExperimentConfig, address: str | None) -> None
 
 
 def ensure_ray(address: str | None) -> None:
-    """Connect to ``address`` or start a local Ray (dashboard off, loopback)."""
+    """Connect to ``address`` or start a local Ray (dashboard off, loopback).
+
+    Ray's token authentication (on by default for local clusters since 2.5x)
+    is left as it is; a warning says so when the environment turned it off.
+    """
     if ray.is_initialized():
         return
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        logger.warning(
+            "RAY_AUTH_MODE=disabled: Ray's token authentication is off; any "
+            "process that reaches this machine's Ray ports can run code here"
+        )
     quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
     if address:
         ray.init(address=address, namespace=RAY_NAMESPACE, **quiet)
@@ -177,6 +198,8 @@ def ensure_ray(address: str | None) -> None:
             num_cpus=os.cpu_count(),
             namespace=RAY_NAMESPACE,
             include_dashboard=False,
+            # Should anyone turn the dashboard on: loopback only.
+            dashboard_host="127.0.0.1",
             **quiet,
         )
 
@@ -199,25 +222,39 @@ def run_training(
     tracking_uri: str | None = None,
     address: str | None = None,
     on_progress: Callable[[dict[str, float]], None] | None = None,
+    parent_run_id: str | None = None,
+    resume: ResumePoint | None = None,
 ) -> RunSummary:
-    """Train ``config`` on Ray, evaluate it and log everything to MLflow."""
+    """Train ``config`` on Ray, evaluate it and log everything to MLflow.
+
+    ``parent_run_id`` makes the MLflow run a child of that run (a sweep's).
+    ``resume`` (from :func:`rekd_ray.orchestration.resume.prepare_resume`)
+    continues that run in the same MLflow run; ``config`` is then its config.
+    """
     check_local_resources(config, address)
     num_samples = check_against_data(config)
     tracking_uri = resolve_tracking_uri(tracking_uri)
+    faults = FaultPlan.from_env()
     start = time.perf_counter()
     ensure_ray(address)
     _treat_sigterm_as_interrupt()
-    run_id = start_run(config, tracking_uri)
+    config = with_resolved_devices(config)  # before MLflow logs the config
+    run_id = _open_run(config, tracking_uri, parent_run_id, resume)
+    run_dir = Path(config.runtime.storage_path).resolve() / run_id
     actors = []
     try:
-        service = get_or_create_clustering_service()
-        store = TeacherFeatureStore.options(
-            name=store_actor_name(run_id), namespace=RAY_NAMESPACE
-        ).remote(run_id, num_samples, config.teacher_store_dim)
-        board = ProgressBoard.options(
-            name=f"rekd-progress-{run_id}", namespace=RAY_NAMESPACE
-        ).remote()
-        actors = [store, board]
+        clustering_service_for(config)
+        store = _create_named(
+            TeacherFeatureStore,
+            store_actor_name(run_id),
+            run_id,
+            num_samples,
+            config.teacher_store_dim,
+            str(run_dir),
+        )
+        actors.append(store)
+        board = _create_named(ProgressBoard, f"rekd-progress-{run_id}")
+        actors.append(board)
         loop_config = {
             "run_id": run_id,
             "namespace": run_id,
@@ -225,11 +262,12 @@ def run_training(
             "store_name": store_actor_name(run_id),
             "service_name": service_actor_name(),
             "progress_name": f"rekd-progress-{run_id}",
+            "run_dir": str(run_dir),
+            "faults": None if faults is None else faults.to_dict(),
         }
         trainer = build_trainer(config, loop_config, config.runtime.storage_path)
-        result = _fit_with_progress(trainer, board, on_progress)
-        summary = _finish(config, run_id, tracking_uri, result, start)
-        ray.get(service.forget.remote(run_id))
+        result = fit_under_control(trainer, board, on_progress, faults)
+        summary = _finish(config, run_id, tracking_uri, result, start, run_dir)
     except KeyboardInterrupt:
         end_run(tracking_uri, run_id, "KILLED")
         raise
@@ -239,29 +277,43 @@ def run_training(
     finally:
         for actor in actors:
             ray.kill(actor)
+        _forget(run_id)
     end_run(tracking_uri, run_id, "FINISHED")
     return summary
 
 
-def _fit_with_progress(trainer, board, on_progress):
-    """Run ``trainer.fit()`` in a thread; feed ``on_progress`` meanwhile."""
-    outcome: dict = {}
+def _open_run(config, tracking_uri, parent_run_id, resume) -> str:
+    """A new MLflow run (tagged with its checkpoint directory), or the
+    resumed one set back to RUNNING."""
+    if resume is not None:
+        reopen_run(tracking_uri, resume.run_id)
+        return resume.run_id
+    run_id = start_run(config, tracking_uri, parent_run_id=parent_run_id)
+    run_dir = Path(config.runtime.storage_path).resolve() / run_id
+    MlflowClient(tracking_uri).set_tag(run_id, RUN_DIR_TAG, str(run_dir))
+    return run_id
 
-    def fit() -> None:
+
+def _create_named(actor_class, name: str, *args, attempts: int = 50):
+    """Create a named actor; retry while a killed one still holds the name."""
+    for attempt in range(attempts):
         try:
-            outcome["result"] = trainer.fit()
-        except BaseException as error:  # re-raised in the caller's thread
-            outcome["error"] = error
+            return actor_class.options(name=name, namespace=RAY_NAMESPACE).remote(*args)
+        except ValueError:  # the name is taken: a kill not processed yet
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.1)
 
-    thread = threading.Thread(target=fit, daemon=True)
-    thread.start()
-    while thread.is_alive():
-        thread.join(timeout=0.5)
-        if on_progress is not None:
-            on_progress(ray.get(board.read.remote()))
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["result"]
+
+def _forget(run_id: str) -> None:
+    # The service may have died and been re-created meanwhile: look it up.
+    try:
+        service = ray.get_actor(service_actor_name(), namespace=RAY_NAMESPACE)
+        ray.get(service.forget.remote(run_id))
+    except (ValueError, ray.exceptions.RayActorError) as error:
+        logger.warning(
+            "could not drop run %s from the clustering service: %s", run_id, error
+        )
 
 
 def evaluate_checkpoint(
@@ -299,10 +351,19 @@ def _student_backbone_prefix(method_state: dict) -> str:
     raise ValueError("checkpoint holds no student backbone")
 
 
-def _finish(config, run_id, tracking_uri, result, start) -> RunSummary:
+def _final_checkpoint(result, run_dir: Path) -> tuple[str, dict]:
+    """The newest checkpoint: the run directory's, else what Ray reports."""
+    found = find_latest_checkpoint(run_dir)
+    if found is not None:
+        return str(found[0]), found[1]
+    if result.checkpoint is None:
+        raise RuntimeError(f"the run left no checkpoint in {run_dir}")
+    return result.checkpoint.path, load_checkpoint(result.checkpoint.path)
+
+
+def _finish(config, run_id, tracking_uri, result, start, run_dir) -> RunSummary:
     """Final evaluation, metrics and artifacts of a fitted run."""
-    checkpoint_dir = result.checkpoint.path
-    checkpoint = load_checkpoint(checkpoint_dir)
+    checkpoint_dir, checkpoint = _final_checkpoint(result, run_dir)
     history = checkpoint["history"]
     metrics = evaluate_checkpoint(
         config, checkpoint, include_random_init=config.eval.baseline_random_init

@@ -25,6 +25,8 @@ __all__ = [
     "DEFAULT_TRACKING_URI",
     "end_run",
     "log_metrics",
+    "logged_epochs",
+    "reopen_run",
     "resolve_tracking_uri",
     "start_run",
 ]
@@ -54,14 +56,22 @@ def start_run(
     *,
     experiment_name: str | None = None,
     tags: dict[str, str] | None = None,
+    parent_run_id: str | None = None,
 ) -> str:
-    """Create an MLflow run for ``config`` with its params; return the run id."""
+    """Create an MLflow run for ``config`` with its params; return the run id.
+
+    With ``parent_run_id`` the run is a child (nested) run of that run, in
+    its experiment, tagged ``mlflow.parentRunId`` as the MLflow UI expects.
+    """
     client = MlflowClient(tracking_uri)
     name = experiment_name or f"rekd-{config.name}"
-    experiment = client.get_experiment_by_name(name)
-    experiment_id = (
-        experiment.experiment_id if experiment else client.create_experiment(name)
-    )
+    if parent_run_id is not None:
+        experiment_id = client.get_run(parent_run_id).info.experiment_id
+    else:
+        experiment = client.get_experiment_by_name(name)
+        experiment_id = (
+            experiment.experiment_id if experiment else client.create_experiment(name)
+        )
     run_tags = {
         "rekd.method": config.method.value,
         "rekd.student": config.student.backbone,
@@ -69,6 +79,8 @@ def start_run(
     }
     if config.uses_teacher:
         run_tags["rekd.teacher"] = config.teacher.backbone
+    if parent_run_id is not None:
+        run_tags["mlflow.parentRunId"] = parent_run_id
     run_tags.update(tags or {})
     run = client.create_run(experiment_id, run_name=config.name, tags=run_tags)
     run_id = run.info.run_id
@@ -101,3 +113,18 @@ def end_run(tracking_uri: str, run_id: str, status: str) -> None:
 
 def run_status(tracking_uri: str, run_id: str) -> str:
     return MlflowClient(tracking_uri).get_run(run_id).info.status
+
+
+def logged_epochs(tracking_uri: str, run_id: str) -> set[int]:
+    """The epochs whose metrics are in MLflow (steps of the ``epoch`` metric)."""
+    history = MlflowClient(tracking_uri).get_metric_history(run_id, "epoch")
+    return {int(metric.step) for metric in history}
+
+
+def reopen_run(tracking_uri: str, run_id: str) -> None:
+    """Set a KILLED or FAILED run back to RUNNING (``rekd train --resume``)."""
+    client = MlflowClient(tracking_uri)
+    client.update_run(run_id, status="RUNNING")
+    resumes = int(client.get_run(run_id).data.tags.get("rekd.resumes", "0")) + 1
+    client.set_tag(run_id, "rekd.resumes", str(resumes))
+    logger.info("MLflow run %s reopened (resume %d)", run_id, resumes)

@@ -10,9 +10,16 @@ only, so it loads without unpickling code:
   queues with their dataset indices and pointers);
 * ``optimizers``: ``{group name: optimizer state_dict}``;
 * ``prototype_version`` and ``assignments`` ((N,) int64 or None);
-* ``rng``: the torch CPU generator state;
+* ``relation``: the relation source's state (format 2): prototype version,
+  assignments, prototypes and the teacher feature store's table, so that a
+  resumed run clusters what the uninterrupted one would have;
+* ``rng``: the torch CPU generator state; ``rng_all`` (format 2): torch,
+  CUDA, numpy and Python generators (see :mod:`rekd_ray.training.rng`);
 * ``git_sha``: the code version that wrote it;
 * ``history``: the per-epoch metric dicts so far.
+
+Ray Train stores one directory per epoch, ``<run dir>/epoch_<EEEE>`` (epochs
+completed); :func:`find_latest_checkpoint` picks the newest one that loads.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ import torch
 
 __all__ = [
     "CHECKPOINT_FILE",
+    "checkpoint_dir_name",
+    "find_latest_checkpoint",
     "git_sha",
     "load_checkpoint",
     "save_checkpoint",
@@ -37,7 +46,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.pt"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+EPOCH_DIR_PREFIX = "epoch_"
 
 
 def git_sha() -> str:
@@ -104,3 +114,31 @@ def load_checkpoint(path: str | Path | None) -> dict[str, Any]:
     if not isinstance(state, dict) or "format_version" not in state:
         raise ValueError(f"{path} is not a rekd-ray checkpoint")
     return state
+
+
+def checkpoint_dir_name(epochs_done: int) -> str:
+    """The directory name of the checkpoint taken after ``epochs_done`` epochs."""
+    return f"{EPOCH_DIR_PREFIX}{epochs_done:04d}"
+
+
+def find_latest_checkpoint(run_dir: str | Path) -> tuple[Path, dict] | None:
+    """The newest loadable checkpoint under ``run_dir`` and its contents.
+
+    Directories are tried newest first (by the epoch in their name); one that
+    does not load (a copy cut short by a crash) is skipped with a warning.
+    Returns None when there is none.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return None
+    candidates = []
+    for directory in run_dir.glob(f"{EPOCH_DIR_PREFIX}*"):
+        suffix = directory.name.removeprefix(EPOCH_DIR_PREFIX)
+        if suffix.isdigit() and (directory / CHECKPOINT_FILE).is_file():
+            candidates.append((int(suffix), directory))
+    for _, directory in sorted(candidates, reverse=True):
+        try:
+            return directory, load_checkpoint(directory)
+        except Exception as error:  # torn or foreign file: try the older one
+            logger.warning("skipping unreadable checkpoint %s: %s", directory, error)
+    return None

@@ -27,8 +27,10 @@ from rekd_ray.tracking.meters import MetricMeters
 from rekd_ray.training.checkpoint import git_sha
 from rekd_ray.training.distributed import SINGLE_PROCESS, Collectives
 from rekd_ray.training.evaluate import monitor_knn, prototype_quality
+from rekd_ray.training.faults import FaultPlan
 from rekd_ray.training.methods import TrainingMethod, build_method
 from rekd_ray.training.relations import LocalRelationSource, RelationSource
+from rekd_ray.training.rng import capture_rng, restore_rng
 
 __all__ = ["NonFiniteLossError", "TrainHooks", "TrainResult", "train"]
 
@@ -93,8 +95,15 @@ def build_loader(
 
 
 def training_device(config: ExperimentConfig) -> torch.device:
-    """The GPU Ray Train assigned when ``runtime.use_gpu``, else the CPU."""
-    if config.runtime.use_gpu:
+    """The GPU Ray Train assigned when ``runtime.use_gpu``, else the CPU.
+
+    ``use_gpu`` null (auto; only seen outside Ray Train, where the driver
+    resolves it) takes the current CUDA device when torch sees one.
+    """
+    use_gpu = config.runtime.use_gpu
+    if use_gpu is None:
+        use_gpu = torch.cuda.is_available()
+    if use_gpu:
         if not torch.cuda.is_available():
             raise RuntimeError(
                 "runtime.use_gpu=true but torch sees no CUDA device; "
@@ -127,11 +136,21 @@ def learning_rate(config: ExperimentConfig, step: int, total_steps: int) -> floa
     return config.optim.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def _check_finite(loss: torch.Tensor, step: int, epoch: int) -> None:
+def _check_finite(
+    loss: torch.Tensor, step: int, epoch: int, collectives: Collectives
+) -> None:
+    # Every rank learns whether any rank's loss broke (one scalar
+    # all-reduce), so that all of them stop at this step together.
     value = loss.item()
+    all_finite = collectives.minimum(1.0 if math.isfinite(value) else 0.0)
     if not math.isfinite(value):
         raise NonFiniteLossError(
             f"non-finite loss {value} at step {step} (epoch {epoch}); stopping"
+        )
+    if all_finite < 1.0:
+        raise NonFiniteLossError(
+            f"another worker's loss became non-finite at step {step}; stopping",
+            "peer",
         )
 
 
@@ -142,6 +161,7 @@ class _LoopState:
     history: list[dict[str, float]] = field(default_factory=list)
     # The student backbone before training: the random-init baseline.
     initial_backbone: dict[str, torch.Tensor] = field(default_factory=dict)
+    faults: FaultPlan | None = None
 
 
 def train_one_epoch(
@@ -173,7 +193,11 @@ def train_one_epoch(
 
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             output = method.step(view_1, view_2, indices)
-        _check_finite(output.loss, state.global_step, state.epoch)
+        if state.faults is not None:
+            if state.faults.nan_now(state.global_step):
+                output.loss = output.loss * float("nan")
+            state.faults.maybe_kill(collectives.rank, state.global_step)
+        _check_finite(output.loss, state.global_step, state.epoch, collectives)
         for optimizer in optimizers.values():
             optimizer.zero_grad(set_to_none=True)
         output.loss.backward()
@@ -203,6 +227,17 @@ def _wait_for_first_prototypes(
     # Training never waits for clustering, except for the very first result.
     if relation_source is None or relation_source.version > 0 or epoch == 0:
         return 0.0
+    start = time.perf_counter()
+    relation_source.refresh(wait=True)
+    return time.perf_counter() - start
+
+
+def _wait_for_epoch_clustering(
+    relation_source: RelationSource, collectives: Collectives
+) -> float:
+    # relation.sync_clustering: every worker takes the epoch's prototypes
+    # before the checkpoint, so what a run does never depends on timing.
+    collectives.barrier()  # the request is queued before anyone waits
     start = time.perf_counter()
     relation_source.refresh(wait=True)
     return time.perf_counter() - start
@@ -250,6 +285,7 @@ def train(
     collectives: Collectives = SINGLE_PROCESS,
     hooks: TrainHooks | None = None,
     resume_state: dict | None = None,
+    faults: FaultPlan | None = None,
 ) -> TrainResult:
     """Train ``config.method`` on ``data``; return the per-epoch metrics.
 
@@ -260,7 +296,10 @@ def train(
         relation_source: teacher store + clustering; in process by default.
         collectives: rank, world size and gradient averaging.
         hooks: per-step and per-epoch callbacks (progress, report, checkpoint).
-        resume_state: a loaded checkpoint to continue from.
+        resume_state: a loaded checkpoint to continue from: weights,
+            optimizers, queues, step (hence the learning-rate schedule), RNG
+            and the relation source's prototypes and store table.
+        faults: test-only fault injection (see ``rekd_ray.training.faults``).
 
     Raises:
         NonFiniteLossError: the loss became NaN or infinite.
@@ -277,13 +316,19 @@ def train(
     )
     method.to(training_device(config))
     optimizers = build_optimizers(method, config)
-    state = _LoopState()
+    state = _LoopState(faults=faults)
     state.initial_backbone = {
         name: tensor.detach().clone()
         for name, tensor in method.student_backbone().state_dict().items()
     }
     if resume_state is not None:
         _restore(resume_state, method, optimizers, state)
+        if relation_source is not None and "relation" in resume_state:
+            relation_source.load_state_dict(
+                resume_state["relation"], shared=collectives.is_main
+            )
+            collectives.barrier()  # the shared actors are refilled first
+        restore_rng(resume_state.get("rng_all", {}))
 
     while state.epoch < config.optim.epochs:
         start = time.perf_counter()
@@ -303,6 +348,8 @@ def train(
             collectives.barrier()
             if collectives.is_main:
                 relation_source.request_clustering()
+            if config.relation.sync_clustering:
+                wait_seconds += _wait_for_epoch_clustering(relation_source, collectives)
         metrics = _epoch_metrics(
             state, train_metrics, time.perf_counter() - start, wait_seconds,
             relation_source,
@@ -355,6 +402,8 @@ def _checkpoint_state(config, method, optimizers, state, relation_source) -> dic
         "prototype_version": 0 if relation_source is None else relation_source.version,
         "assignments": None if assignments is None else torch.from_numpy(assignments),
         "rng": torch.get_rng_state(),
+        "rng_all": capture_rng(),
+        "relation": None if relation_source is None else relation_source.state_dict(),
         "git_sha": git_sha(),
         "history": list(state.history),
         "student_backbone_init": state.initial_backbone,

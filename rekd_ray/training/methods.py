@@ -140,6 +140,8 @@ class ReKD(MocoV2):
         )
         self.relation_weight = config.relation.weight
         self.online_teacher = config.teacher.kind == TeacherKind.online
+        # An offline teacher's features already in a shared store (rekd sweep).
+        self.features_precomputed = config.teacher.features_store is not None
         self.teacher = _moco(config, "teacher")
         if not self.online_teacher:
             load_offline_teacher(self.teacher, config.teacher.checkpoint)
@@ -181,6 +183,8 @@ class ReKD(MocoV2):
     def _teacher_step(self, view_1, view_2, indices) -> tuple[torch.Tensor, dict]:
         """Online teacher: its own MoCo-v2 loss; its embeddings go to the store."""
         if not self.online_teacher:
+            if self.features_precomputed:
+                return torch.zeros(()), {}  # the shared store holds them all
             teacher_k = None
             if not self.clean_view:
                 with torch.no_grad():

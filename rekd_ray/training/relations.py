@@ -10,6 +10,10 @@ The step only ever talks to a :class:`RelationSource`:
   cheap enough to call every step.
 * ``lookup(indices)`` maps dataset indices to prototype ids held locally
   (``-1`` for a sample that has no prototype yet).
+* ``state_dict()`` / ``load_state_dict(state, shared=...)``: the held
+  prototypes with their version and the feature store's table, for
+  checkpoints; ``shared=True`` (rank 0 only) also puts the table and the
+  prototypes back into the shared store and clustering service.
 
 :class:`LocalRelationSource` does all of it in process (tests, the
 one-process loop, benchmarks). ``rekd_ray.orchestration`` backs the same
@@ -30,7 +34,13 @@ import torch
 
 from rekd_ray.clustering.kmeans import spherical_kmeans
 
-__all__ = ["LocalRelationSource", "PrototypeSnapshot", "RelationSource"]
+__all__ = [
+    "LocalRelationSource",
+    "PrototypeSnapshot",
+    "RelationSource",
+    "snapshot_from_state",
+    "snapshot_state",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +85,46 @@ class RelationSource(Protocol):
 
     def stats(self) -> dict[str, float]: ...
 
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict, *, shared: bool = True) -> None: ...
+
     def close(self) -> None: ...
+
+
+def snapshot_state(
+    snapshot: PrototypeSnapshot | None,
+    features: np.ndarray | None,
+    filled: np.ndarray | None,
+) -> dict:
+    """A relation source's checkpoint entry: plain tensors, weights_only-safe."""
+    state: dict = {"version": 0, "assignments": None, "prototypes": None}
+    if snapshot is not None:
+        state.update(
+            version=int(snapshot.version),
+            assignments=torch.from_numpy(np.asarray(snapshot.assignments).copy()),
+            prototypes=torch.from_numpy(np.asarray(snapshot.prototypes).copy()),
+            stats={name: float(value) for name, value in snapshot.stats.items()},
+        )
+    if features is not None and filled is not None:
+        state["store"] = {
+            "features": torch.from_numpy(np.asarray(features).copy()),
+            "filled": torch.from_numpy(np.asarray(filled).copy()),
+        }
+    return state
+
+
+def snapshot_from_state(state: dict) -> PrototypeSnapshot | None:
+    """The :class:`PrototypeSnapshot` saved by :func:`snapshot_state`, if any."""
+    if not state.get("version") or state.get("assignments") is None:
+        return None
+    prototypes = state.get("prototypes")
+    return PrototypeSnapshot(
+        int(state["version"]),
+        state["assignments"].numpy().astype(np.int64),
+        None if prototypes is None else prototypes.numpy().astype(np.float32),
+        dict(state.get("stats", {})),
+    )
 
 
 class LocalRelationSource:
@@ -148,6 +197,17 @@ class LocalRelationSource:
         stats["prototype_wait_seconds"] = self._wait_seconds
         return stats
 
+    def state_dict(self) -> dict:
+        return snapshot_state(self._snapshot, self._features, self._filled)
+
+    def load_state_dict(self, state: dict, *, shared: bool = True) -> None:
+        """Hold the saved prototypes again and refill the in-process store."""
+        self._snapshot = snapshot_from_state(state)
+        store = state.get("store")
+        if store is not None:
+            self._features[...] = store["features"].numpy()
+            self._filled[...] = store["filled"].numpy()
+
     def close(self) -> None:
         pass
 
@@ -177,11 +237,14 @@ def cluster_store(
     iterations: int,
     seed: int,
     num_threads: int | None = None,
+    use_gpu: bool | None = None,
 ) -> PrototypeSnapshot | None:
     """Spherical k-means of the filled rows of a feature store.
 
-    Rows never written keep prototype -1. Returns None (and logs) while fewer
-    rows than prototypes are filled, so an early request is simply skipped.
+    Rows never written keep prototype -1; ``use_gpu`` is passed to
+    :func:`spherical_kmeans` (None: GPU 0 if faiss sees one). Returns None
+    (and logs) while fewer rows than prototypes are filled, so an early
+    request is simply skipped.
 
     Shape:
         features: (N, D) float32; filled: (N,) bool.
@@ -203,6 +266,7 @@ def cluster_store(
         iterations=iterations,
         seed=seed + version,
         num_threads=num_threads,
+        use_gpu=use_gpu,
     )
     assignments = np.full(filled.size, UNKNOWN, dtype=np.int64)
     assignments[rows] = result.assignments
