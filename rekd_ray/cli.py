@@ -95,6 +95,41 @@ JsonOption = Annotated[
     bool, typer.Option("--json", help="Print one JSON object on stdout, nothing else.")
 ]
 VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs.")]
+CpuOption = Annotated[
+    bool,
+    typer.Option(
+        "--cpu",
+        help="Force CPUs: no GPU for Train workers nor for a clustering "
+        "service this run creates (runtime.use_gpu=false, clustering_gpus=0).",
+    ),
+]
+
+
+ResumeOption = Annotated[
+    str | None,
+    typer.Option(
+        "--resume",
+        metavar="RUN_ID",
+        help="Continue this KILLED or FAILED run from its last checkpoint, in "
+        "the same MLflow run (its own config unless one is given).",
+    ),
+]
+
+
+def _resume_point(run_id, experiment, config_file, overrides, tracking_uri):
+    """Where ``--resume RUN_ID`` continues (raises ConfigError): the run's
+    config with ``--set`` applied, or a config file that must match it."""
+    from rekd_ray.orchestration.resume import prepare_resume
+    from rekd_ray.tracking.mlflow_run import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    database = uri.removeprefix("sqlite:///")
+    if uri.startswith("sqlite:///") and not Path(database).is_file():
+        raise ConfigError(
+            f"--tracking-uri: no MLflow database at {database}; pass --tracking-uri"
+        )
+    given = experiment if config_file is not None else None
+    return prepare_resume(run_id, uri, given, overrides)
 
 
 @app.command()
@@ -105,11 +140,22 @@ def train(
     tracking_uri: TrackingOption = None,
     json_output: JsonOption = False,
     verbose: VerboseOption = False,
+    cpu: CpuOption = False,
+    resume: ResumeOption = None,
 ) -> None:
     """Train one experiment on Ray, evaluate it and log it to MLflow."""
     _setup_logging(verbose)
+    resume_point = None
     try:
-        experiment = load_config(config, set_ or [])
+        from rekd_ray.orchestration.devices import FORCE_CPU_OVERRIDES
+
+        overrides = [*(set_ or []), *(FORCE_CPU_OVERRIDES if cpu else ())]
+        experiment = load_config(config, overrides)
+        if resume:
+            resume_point = _resume_point(
+                resume, experiment, config, overrides, tracking_uri
+            )
+            experiment = resume_point.config
         from rekd_ray.orchestration.runner import (
             check_against_data,
             check_local_resources,
@@ -132,12 +178,16 @@ def train(
                 tracking_uri=tracking_uri,
                 address=address,
                 on_progress=update,
+                resume=resume_point,
             )
     except RunFailedError as error:
         stderr.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
-        stderr.print("interrupted: the MLflow run is marked KILLED")
+        stderr.print(
+            "interrupted: the MLflow run is marked KILLED; continue it with "
+            "`rekd train --resume RUN_ID`"
+        )
         raise typer.Exit(130) from None
     if json_output:
         typer.echo(json.dumps(summary.to_json()))
@@ -257,6 +307,159 @@ def evaluate(
             f"run {run_id}: linear top-1 {result['linear_top1']:.2f} %, "
             f"kNN top-1 {result['knn_top1']:.2f} %"
         )
+
+
+# --- sweeps (issue 4) -------------------------------------------------------
+
+MaxConcurrentOption = Annotated[
+    int | None,
+    typer.Option(help="Trials run at once [default: the sweep file's max_concurrent]."),
+]
+
+
+@app.command()
+def sweep(
+    sweep_file: Annotated[
+        Path, typer.Argument(help="Sweep YAML (see experiments/sweep_*.yaml).")
+    ],
+    address: AddressOption = None,
+    tracking_uri: TrackingOption = None,
+    max_concurrent: MaxConcurrentOption = None,
+    json_output: JsonOption = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Run a sweep (a grid over config fields) on Ray Tune, one MLflow parent run."""
+    _setup_logging(verbose)
+    from rekd_ray.sweep.runner import (
+        SweepFailedError,
+        check_max_concurrent,
+        check_sweep,
+        run_sweep,
+    )
+    from rekd_ray.sweep.spec import load_sweep
+
+    try:
+        check_max_concurrent(max_concurrent)
+        spec = load_sweep(sweep_file)
+        check_sweep(spec, address, max_concurrent)
+    except ConfigError as error:
+        _fail(str(error))
+    try:
+        with _stdout_to_stderr(json_output):
+            result = run_sweep(
+                spec,
+                tracking_uri=tracking_uri,
+                address=address,
+                max_concurrent=max_concurrent,
+            )
+    except SweepFailedError as error:
+        stderr.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        stderr.print("interrupted: the sweep's MLflow runs are marked KILLED")
+        raise typer.Exit(130) from None
+    if json_output:
+        typer.echo(json.dumps(result.to_json()))
+    else:
+        from rekd_ray.sweep.report import sweep_table
+
+        Console().print(sweep_table(result))
+    if result.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def compare(
+    sweep_or_run: Annotated[
+        str, typer.Argument(help="A sweep file, a sweep name or its parent run id.")
+    ],
+    metric: Annotated[
+        str, typer.Option(help="Metric compared: final/<metric> unless it has a /.")
+    ] = "linear_top1",
+    baseline: Annotated[
+        str | None,
+        typer.Option(help="Baseline setting, e.g. method=mocov2 [default: sweep's]."),
+    ] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option(help="PNG path [default: ./<sweep>_<metric>.png]."),
+    ] = None,
+    tracking_uri: TrackingOption = None,
+    json_output: JsonOption = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Compare a sweep's trials: table, mean and 95 % interval, plot."""
+    _setup_logging(verbose)
+    from mlflow.tracking import MlflowClient
+
+    from rekd_ray.sweep.compare import build_comparison, parse_baseline
+    from rekd_ray.sweep.plot import plot_comparison
+    from rekd_ray.sweep.runs import find_parent_run
+    from rekd_ray.tracking.mlflow_run import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    database = uri.removeprefix("sqlite:///")
+    if uri.startswith("sqlite:///") and not Path(database).is_file():
+        _fail(f"--tracking-uri: no MLflow database at {database}; pass --tracking-uri")
+    try:
+        parent = find_parent_run(uri, sweep_or_run)
+        comparison = build_comparison(uri, parent, metric, parse_baseline(baseline))
+    except (LookupError, ValueError) as error:
+        _fail(str(error))
+    name = comparison.metric.split("/")[-1]
+    plot = plot or Path(f"{comparison.sweep}_{name}.png")
+    plot_comparison(comparison, plot)
+    MlflowClient(uri).log_artifact(parent, str(plot))
+    if json_output:
+        typer.echo(json.dumps({**comparison.to_json(), "plot": str(plot)}))
+        return
+    from rekd_ray.sweep.report import comparison_tables
+
+    for table in comparison_tables(comparison):
+        Console().print(table)
+    Console().print(f"plot: {plot} (also logged to the parent run)")
+
+
+# --- benchmarks (issue 6) ---------------------------------------------------
+
+
+@app.command()
+def bench(
+    name: Annotated[
+        str,
+        typer.Argument(help="overhead, step, clustering, store or data."),
+    ],
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Small sizes: under a minute.")
+    ] = False,
+    json_output: JsonOption = False,
+    out: Annotated[
+        Path | None, typer.Option(help="Also write the JSON result to this file.")
+    ] = None,
+    verbose: VerboseOption = False,
+) -> None:
+    """Measure one part of rekd-ray; print a table and the targets met."""
+    _setup_logging(verbose)
+    from rekd_ray.bench import BENCHMARK_NAMES, run_benchmark
+
+    if name not in BENCHMARK_NAMES:
+        choices = ", ".join(BENCHMARK_NAMES)
+        _fail(f"NAME: unknown benchmark {name!r}; choose one of {choices}")
+    if out is not None and out.is_dir():
+        _fail(f"--out: {out} is a directory; give a file such as {out}/{name}.json")
+    with _stdout_to_stderr(json_output):
+        result = run_benchmark(name, quick=quick)
+    if out is not None:
+        from rekd_ray.bench.common import write_json
+
+        write_json(result, out)
+    if json_output:
+        typer.echo(json.dumps(result.to_json()))
+        return
+    from rekd_ray.bench.render import rich_tables
+
+    for table in rich_tables(result):
+        Console().print(table)
 
 
 def main() -> None:  # pragma: no cover - console entry point
