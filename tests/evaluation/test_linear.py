@@ -62,3 +62,32 @@ def test_bad_arguments_raise() -> None:
         linear_probe_accuracy(features, labels, features, labels, epochs=0)
     with pytest.raises(ValueError, match=r"train_labels must have shape \(4,\)"):
         linear_probe_accuracy(features, labels[:3], features, labels)
+
+
+def test_tiny_feature_scale_is_standardized_like_any_other() -> None:
+    # A random-init network in eval mode emits features of ~1e-9: the probe
+    # must standardize them, not treat them as constant.
+    train_x, train_y = _blobs(300, seed=0)
+    test_x, test_y = _blobs(150, seed=1)
+    kwargs = {"epochs": 30, "lr": 1e-2, "batch_size": 64}
+
+    unit = linear_probe_accuracy(train_x, train_y, test_x, test_y, **kwargs)
+    tiny = linear_probe_accuracy(
+        train_x * 1e-11, train_y, test_x * 1e-11, test_y, **kwargs
+    )
+
+    assert unit > 0.95
+    assert tiny == pytest.approx(unit, abs=0.01)
+
+
+def test_constant_feature_is_ignored() -> None:
+    train_x, train_y = _blobs(300, seed=0)
+    test_x, test_y = _blobs(150, seed=1)
+    constant_train = torch.cat([train_x, torch.full((300, 1), 7.0)], dim=1)
+    constant_test = torch.cat([test_x, torch.full((150, 1), -3.0)], dim=1)
+
+    accuracy = linear_probe_accuracy(
+        constant_train, train_y, constant_test, test_y, epochs=30, batch_size=64
+    )
+
+    assert accuracy > 0.95
