@@ -210,7 +210,7 @@ def train_one_epoch(
         state.global_step += 1
         meters.update({"loss": output.loss.item(), **output.metrics}, len(indices))
         if (
-            relation_source is not None
+            per_step_store(method, relation_source, config)
             and recluster_every
             and state.global_step % recluster_every == 0
             and collectives.is_main
@@ -221,15 +221,43 @@ def train_one_epoch(
     return meters.synced(collectives)
 
 
-def _wait_for_first_prototypes(
-    relation_source: RelationSource | None, epoch: int
+def _fill_store_and_cluster(
+    method: TrainingMethod, relation_source: RelationSource, collectives: Collectives
 ) -> float:
+    # One teacher state per clustering: the whole training set, embedded now.
+    start = time.perf_counter()
+    method.fill_store(collectives.rank, collectives.world_size)
+    relation_source.sync()
+    collectives.barrier()  # every worker's rows land before the clustering
+    if collectives.is_main:
+        relation_source.request_clustering()
+    return time.perf_counter() - start
+
+
+def _prototypes_before_epoch(
+    method: TrainingMethod,
+    relation_source: RelationSource | None,
+    config: ExperimentConfig,
+    collectives: Collectives,
+    epoch: int,
+) -> tuple[float, float]:
+    """Refill the store and request a clustering (``store_updates=epoch``);
+    wait only for the very first prototypes. Returns (pass, wait) seconds."""
+    if relation_source is None or not method.uses_prototypes:
+        return 0.0, 0.0
+    pass_seconds, requested = 0.0, epoch > 0
+    if config.relation.store_updates == "epoch" and method.needs_store_pass():
+        pass_seconds = _fill_store_and_cluster(method, relation_source, collectives)
+        requested = True
+        if config.relation.sync_clustering:
+            wait = _wait_for_epoch_clustering(relation_source, collectives)
+            return pass_seconds, wait
     # Training never waits for clustering, except for the very first result.
-    if relation_source is None or relation_source.version > 0 or epoch == 0:
-        return 0.0
+    if relation_source.version > 0 or not requested:
+        return pass_seconds, 0.0
     start = time.perf_counter()
     relation_source.refresh(wait=True)
-    return time.perf_counter() - start
+    return pass_seconds, time.perf_counter() - start
 
 
 def _wait_for_epoch_clustering(
@@ -243,17 +271,34 @@ def _wait_for_epoch_clustering(
     return time.perf_counter() - start
 
 
+def per_step_store(
+    method: TrainingMethod,
+    relation_source: RelationSource | None,
+    config: ExperimentConfig,
+) -> bool:
+    """Whether steps write the store and clusterings follow steps or epoch ends
+    (``relation.store_updates=step``) rather than each epoch's store pass."""
+    return (
+        relation_source is not None
+        and method.uses_prototypes
+        and config.relation.store_updates == "step"
+    )
+
+
 def _epoch_metrics(
     state: _LoopState,
     train_metrics: dict[str, float],
     seconds: float,
     wait_seconds: float,
+    pass_seconds: float,
     relation_source: RelationSource | None,
 ) -> dict[str, float]:
     metrics = {"epoch": float(state.epoch)}
     metrics.update({f"train/{name}": value for name, value in train_metrics.items()})
     metrics["time/epoch_seconds"] = seconds
     metrics["time/prototype_wait_seconds"] = wait_seconds
+    if pass_seconds:
+        metrics["time/teacher_pass_seconds"] = pass_seconds
     if relation_source is not None:
         stats = relation_source.stats()
         for name, value in stats.items():
@@ -307,7 +352,9 @@ def train(
     hooks = hooks or TrainHooks()
     if config.runtime.torch_threads:
         torch.set_num_threads(config.runtime.torch_threads)
-    torch.manual_seed(config.seed + collectives.rank)
+    # The same seed on every rank: identical initial weights and queues, so
+    # data-parallel replicas start equal (augmentations are seeded per rank).
+    torch.manual_seed(config.seed)
     if relation_source is None:
         relation_source = _default_relation_source(config, data)
     loader, sampler = build_loader(config, data, collectives)
@@ -332,7 +379,9 @@ def train(
 
     while state.epoch < config.optim.epochs:
         start = time.perf_counter()
-        wait_seconds = _wait_for_first_prototypes(relation_source, state.epoch)
+        pass_seconds, wait_seconds = _prototypes_before_epoch(
+            method, relation_source, config, collectives, state.epoch
+        )
         sampler.set_epoch(state.epoch)
         # Augmentations depend on (seed, epoch, rank) only: resumable.
         torch.manual_seed(
@@ -342,7 +391,7 @@ def train(
             method, loader, optimizers, state, config, collectives,
             relation_source, hooks,
         )  # fmt: skip
-        if relation_source is not None:
+        if per_step_store(method, relation_source, config):
             # Every worker's embeddings land before the epoch's clustering.
             relation_source.sync()
             collectives.barrier()
@@ -352,7 +401,7 @@ def train(
                 wait_seconds += _wait_for_epoch_clustering(relation_source, collectives)
         metrics = _epoch_metrics(
             state, train_metrics, time.perf_counter() - start, wait_seconds,
-            relation_source,
+            pass_seconds, relation_source,
         )  # fmt: skip
         if relation_source is not None:
             # Every worker must hold prototypes: report the laggard's version.

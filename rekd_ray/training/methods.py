@@ -52,6 +52,10 @@ class StepOutput:
 class TrainingMethod(nn.Module):
     """Base class: a method exposes its student backbone and parameter groups."""
 
+    # True when the step reads prototype ids from the relation source: the
+    # loop then fills the teacher store and requests clusterings.
+    uses_prototypes = False
+
     def student_backbone(self) -> nn.Module:
         raise NotImplementedError
 
@@ -123,6 +127,8 @@ class MocoV2(TrainingMethod):
 class ReKD(MocoV2):
     """MoCo-v2 plus relation knowledge from a heterogeneous teacher."""
 
+    uses_prototypes = True
+
     def __init__(
         self,
         config: ExperimentConfig,
@@ -132,6 +138,7 @@ class ReKD(MocoV2):
     ) -> None:
         super().__init__(config, collectives)
         self.relation_source = relation_source
+        self.push_every_step = config.relation.store_updates == "step"
         self.clean_view = config.relation.teacher_view == "clean"
         self.cluster_backbone = config.relation.teacher_features == "backbone"
         self.train_images = data.train_images  # (N, H, W) uint8, not a buffer
@@ -182,9 +189,10 @@ class ReKD(MocoV2):
 
     def _teacher_step(self, view_1, view_2, indices) -> tuple[torch.Tensor, dict]:
         """Online teacher: its own MoCo-v2 loss; its embeddings go to the store."""
+        push = self.push_every_step and self.uses_prototypes
         if not self.online_teacher:
-            if self.features_precomputed:
-                return torch.zeros(()), {}  # the shared store holds them all
+            if self.features_precomputed or not push:
+                return torch.zeros(()), {}  # the store is filled elsewhere
             teacher_k = None
             if not self.clean_view:
                 with torch.no_grad():
@@ -199,8 +207,33 @@ class ReKD(MocoV2):
         self.teacher.queue.enqueue(
             self.collectives.gather(teacher_k), self.collectives.gather(indices)
         )
-        self.relation_source.push(indices, self._teacher_embedding(indices, teacher_k))
+        if push:
+            embedding = self._teacher_embedding(indices, teacher_k)
+            self.relation_source.push(indices, embedding)
         return loss, {"loss_teacher": loss.item()}
+
+    def needs_store_pass(self) -> bool:
+        """Whether the store must be (re)filled before this epoch's clustering:
+        always for an online teacher, once for a frozen one."""
+        if self.features_precomputed or not self.uses_prototypes:
+            return False
+        return self.online_teacher or self.relation_source.version == 0
+
+    @torch.no_grad()
+    def fill_store(self, rank: int, world_size: int, batch_size: int = 512) -> None:
+        """Embed this worker's share of the training set with the current
+        teacher and push it to the store (``relation.store_updates=epoch``).
+
+        Every row of one clustering then comes from one teacher state; rows
+        pushed step by step over an epoch mix the feature spaces of a
+        teacher that is still moving fast (see ``RelationConfig``).
+        Worker ``rank`` takes indices ``rank, rank + world_size, ...``.
+        """
+        device = next(self.teacher.parameters()).device
+        num_samples = self.train_images.shape[0]
+        indices = torch.arange(rank, num_samples, world_size, device=device)  # (N/W,)
+        for chunk in indices.split(batch_size):
+            self.relation_source.push(chunk, self._teacher_embedding(chunk, None))
 
     def step(self, view_1, view_2, indices) -> StepOutput:
         q, k, all_keys, all_indices = self._student_forward(view_1, view_2, indices)
@@ -236,8 +269,13 @@ class ResponseKD(ReKD):
 
     The student's embedding of view 1 is compared with the teacher's queue
     (teacher keys), against the teacher's own distribution, plus InfoNCE.
-    Needs equal student and teacher projection dims.
+    Needs equal student and teacher projection dims. The student loss is
+    normalized by ``1 + weight`` as in :class:`ReKD`, so that the two methods
+    compare at the same step size. A frozen (offline) teacher's queue is
+    refreshed every step with its embeddings of view 1, as SEED's queue is.
     """
+
+    uses_prototypes = False
 
     def __init__(
         self,
@@ -271,8 +309,11 @@ class ResponseKD(ReKD):
             self.student_temperature,
             self.teacher_temperature,
         )
-        student_loss = instance + self.relation_weight * response
+        weight = self.relation_weight
+        student_loss = (instance + weight * response) / (1.0 + weight)
         self.student.queue.enqueue(all_keys, all_indices)
+        if not self.online_teacher:
+            self.teacher.queue.enqueue(self.collectives.gather(teacher_z), all_indices)
         metrics.update(
             loss_student=student_loss.item(),
             loss_instance=instance.item(),

@@ -28,8 +28,25 @@ def test_ten_images_batch_four_queue_eight_one_epoch():
     assert 0.0 <= result.history[0]["val/knn_top1"] <= 1.0
 
 
-def test_rekd_uses_prototypes_after_the_first_epoch():
+def test_rekd_clusters_a_fresh_teacher_pass_before_each_epoch():
     config = tiny_config()
+    data = load_dataset(config.data, seed=0)
+    result = train(config, data)
+    first, second = result.history
+    # store_updates=epoch: the first clustering comes before the first step.
+    assert first["kd/prototype_version"] == 1.0
+    assert second["kd/prototype_version"] == 2.0
+    assert first["train/related_fraction"] == 1.0
+    assert first["train/positives_per_anchor"] > 1.0
+    assert first["kd/clustered_samples"] == config.data.synthetic_train_samples
+    assert first["time/teacher_pass_seconds"] > 0.0
+    assert 0.0 <= second["kd/prototype_nmi"] <= 1.0
+    for key in ("train/loss_teacher", "train/loss_relation", "time/cluster_seconds"):
+        assert key in second
+
+
+def test_rekd_with_step_pushes_uses_prototypes_after_the_first_epoch():
+    config = tiny_config(relation={"store_updates": "step"})
     data = load_dataset(config.data, seed=0)
     result = train(config, data)
     first, second = result.history
@@ -39,9 +56,37 @@ def test_rekd_uses_prototypes_after_the_first_epoch():
     assert first["train/related_fraction"] == 0.0
     assert second["train/related_fraction"] == 1.0
     assert second["train/positives_per_anchor"] > 1.0
-    assert 0.0 <= second["kd/prototype_nmi"] <= 1.0
-    for key in ("train/loss_teacher", "train/loss_relation", "time/cluster_seconds"):
-        assert key in second
+    assert "time/teacher_pass_seconds" not in first
+
+
+def test_store_pass_covers_every_sample_once_across_workers():
+    config = tiny_config()
+    data = load_dataset(config.data, seed=0)
+    method = train(config, data).method
+    seen = []
+
+    class Recorder:
+        version = 1
+
+        def push(self, indices, embeddings):
+            assert embeddings.shape == (len(indices), config.teacher_store_dim)
+            seen.append(indices.clone())
+
+    method.relation_source = Recorder()
+    for rank in range(3):
+        method.fill_store(rank, world_size=3, batch_size=7)
+    indices = torch.cat(seen).sort().values
+    assert torch.equal(indices, torch.arange(data.num_train))
+
+
+def test_response_needs_no_prototypes():
+    config = tiny_config(method="response", optim={"epochs": 2})
+    result = train(config, load_dataset(config.data, seed=0))
+    assert all(
+        "kd/prototype_version" not in row or row["kd/prototype_version"] == 0
+        for row in result.history
+    )
+    assert "time/teacher_pass_seconds" not in result.history[0]
 
 
 @pytest.mark.parametrize("method", ["response", "supervised"])
