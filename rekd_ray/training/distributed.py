@@ -27,10 +27,13 @@ class Collectives:
     Attributes:
         rank: this worker's rank in ``[0, world_size)``.
         world_size: number of training workers.
+        device: where scalar all-reduces run: the GPU under NCCL (which
+            reduces CUDA tensors only), the CPU under gloo.
     """
 
     rank: int = 0
     world_size: int = 1
+    device: str = "cpu"
 
     @property
     def is_main(self) -> bool:
@@ -67,7 +70,7 @@ class Collectives:
         """Average a Python scalar over workers."""
         if self.world_size == 1:
             return value
-        tensor = torch.tensor([value], dtype=torch.float64)
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
         dist.all_reduce(tensor)
         return float(tensor.item()) / self.world_size
 
@@ -75,7 +78,7 @@ class Collectives:
         """The smallest of a Python scalar over workers."""
         if self.world_size == 1:
             return value
-        tensor = torch.tensor([value], dtype=torch.float64)
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
         dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
         return float(tensor.item())
 
@@ -91,4 +94,9 @@ def torch_collectives() -> Collectives:
     """Collectives over the default ``torch.distributed`` process group, if any."""
     if not (dist.is_available() and dist.is_initialized()):
         return SINGLE_PROCESS
-    return Collectives(rank=dist.get_rank(), world_size=dist.get_world_size())
+    device = "cpu"
+    if dist.get_backend() == "nccl":
+        device = f"cuda:{torch.cuda.current_device()}"
+    return Collectives(
+        rank=dist.get_rank(), world_size=dist.get_world_size(), device=device
+    )
