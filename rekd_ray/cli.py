@@ -271,6 +271,7 @@ def evaluate(
     from mlflow.tracking import MlflowClient
 
     from rekd_ray.data.datasets import load_dataset
+    from rekd_ray.data.fashion_mnist import DatasetMissingError
     from rekd_ray.models.backbones import build_backbone
     from rekd_ray.tracking.mlflow_run import log_metrics, resolve_tracking_uri
     from rekd_ray.training.evaluate import final_evaluation
@@ -292,11 +293,20 @@ def evaluate(
                 f"RUN_ID: no finished rekd run {run_id!r} with artifacts in {uri}; "
                 "list runs with `mlflow ui` or pass --tracking-uri"
             )
-        config = build_config(json.loads(Path(config_path).read_text()))
+        try:
+            config = build_config(json.loads(Path(config_path).read_text()))
+        except ConfigError as error:
+            _fail(
+                f"RUN_ID: run {run_id} was logged with a config this version "
+                f"rejects ({error}); evaluate it with the version that trained it"
+            )
         backbone = build_backbone(config.student.backbone, config.data.image_size)
         backbone.load_state_dict(torch.load(weights, weights_only=True))
-    with _stdout_to_stderr(json_output):
+    try:
         data = load_dataset(config.data, seed=config.seed)  # the run's subsets
+    except (DatasetMissingError, ConfigError) as error:
+        _fail(f"data.root: {error}")
+    with _stdout_to_stderr(json_output):
         metrics = final_evaluation(backbone, data, config)
         log_metrics(uri, run_id, {f"eval/{k}": v for k, v in metrics.items()}, 0)
     result = {"run_id": run_id, **{k: 100.0 * v for k, v in metrics.items()}}
@@ -309,7 +319,7 @@ def evaluate(
         )
 
 
-# --- sweeps (issue 4) -------------------------------------------------------
+# --- sweeps -------------------------------------------------------------
 
 MaxConcurrentOption = Annotated[
     int | None,
@@ -420,7 +430,7 @@ def compare(
     Console().print(f"plot: {plot} (also logged to the parent run)")
 
 
-# --- benchmarks (issue 6) ---------------------------------------------------
+# --- benchmarks ---------------------------------------------------------
 
 
 @app.command()

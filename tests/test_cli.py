@@ -83,3 +83,22 @@ def test_help_lists_commands():
     result = CliRunner().invoke(app, ["--help"])
     assert result.exit_code == 0
     assert "train" in result.output and "eval" in result.output
+
+
+def test_offline_teacher_of_another_architecture(workdir):
+    from tests.sweep.test_teacher_reuse import teacher_checkpoint
+
+    checkpoint = teacher_checkpoint(workdir)  # a shufflenet_v2_x1_0 student
+    result = _train(
+        SMOKE,
+        "--set",
+        "teacher.kind=offline",
+        "--set",
+        f"teacher.checkpoint={checkpoint}",
+        "--set",
+        "teacher.backbone=alexnet",
+    )
+    assert result.exit_code == 2, result.output
+    assert "teacher.backbone" in result.output
+    assert "set teacher.backbone=shufflenet_v2_x1_0" in result.output
+    assert not (workdir / "mlflow.db").exists()

@@ -126,12 +126,7 @@ def check_against_data(config: ExperimentConfig) -> int:
     except ValueError as error:  # a subset larger than its split
         raise ConfigError(str(error)) from None
     if config.teacher.kind.value == "offline" and config.uses_teacher:
-        checkpoint = Path(config.teacher.checkpoint or "")
-        if not (checkpoint.is_file() or (checkpoint / "checkpoint.pt").is_file()):
-            raise ConfigError(
-                f"teacher.checkpoint: {str(checkpoint)!r} is not a checkpoint.pt "
-                "(or a directory holding one) written by rekd train"
-            )
+        check_offline_teacher(config)
     if config.uses_teacher and config.relation.num_prototypes > num_samples:
         raise ConfigError(
             f"relation.num_prototypes: M={config.relation.num_prototypes} is "
@@ -146,6 +141,50 @@ def check_against_data(config: ExperimentConfig) -> int:
             "worker(s) gets; lower the batch"
         )
     return num_samples
+
+
+def check_offline_teacher(config: ExperimentConfig) -> None:
+    """The frozen teacher's checkpoint exists and its student fits ``teacher.*``.
+
+    Raises:
+        ConfigError: no checkpoint, or one whose trained student differs from
+            what this config builds as the teacher (checked before any worker
+            starts, where a load error would only surface after retries).
+    """
+    from rekd_ray.training.checkpoint import load_checkpoint
+
+    path = Path(config.teacher.checkpoint or "")
+    try:
+        saved = load_checkpoint(path)["config"]
+    except (FileNotFoundError, ValueError, KeyError):
+        raise ConfigError(
+            f"teacher.checkpoint: {str(path)!r} is not a checkpoint.pt "
+            "(or a directory holding one) written by rekd train"
+        ) from None
+    if saved.get("method") == "supervised":
+        raise ConfigError(
+            "teacher.checkpoint: a supervised run has no MoCo encoders; take "
+            "the checkpoint of a mocov2, rekd or response run"
+        )
+    wanted = {
+        "teacher.backbone": (saved["student"]["backbone"], config.teacher.backbone),
+        "teacher.projection_dim": (
+            saved["student"]["projection_dim"],
+            config.teacher.projection_dim,
+        ),
+        "teacher.projection_hidden_dim": (
+            saved["student"]["projection_hidden_dim"],
+            config.teacher.projection_hidden_dim,
+        ),
+        "moco.queue_size": (saved["moco"]["queue_size"], config.moco.queue_size),
+        "data.image_size": (saved["data"]["image_size"], config.data.image_size),
+    }
+    for key, (trained, configured) in wanted.items():
+        if trained != configured:
+            raise ConfigError(
+                f"{key}: the teacher checkpoint was trained with {trained!r}, "
+                f"this config has {configured!r}; set {key}={trained}"
+            )
 
 
 def check_local_resources(config: ExperimentConfig, address: str | None) -> None:

@@ -133,6 +133,9 @@ def _tuner(sweep: Sweep, context: dict, max_concurrent: int, storage: Path):
             max_t=max(trial.config.optim.epochs for trial in sweep.trials),
             grace_period=spec.asha.grace_period,
             reduction_factor=spec.asha.reduction_factor,
+            # A trial that reaches max_t ends by itself after its final
+            # evaluation; stopping it there would lose its final/* metrics.
+            stop_last_trials=False,
         )
     return tune.Tuner(
         tune.with_resources(run_trial, {"CPU": spec.trial_cpus}),

@@ -217,6 +217,17 @@ def _check_search_space(spec: SweepSpec) -> None:
             )
 
 
+def _check_asha(spec: SweepSpec, trials: list[Trial]) -> None:
+    if spec.asha is None:
+        return
+    epochs = min(trial.config.optim.epochs for trial in trials)
+    if spec.asha.grace_period > epochs:
+        raise SweepError(
+            f"asha.grace_period: {spec.asha.grace_period} epochs is more than "
+            f"the {epochs} a trial runs; set it to at most {epochs}"
+        )
+
+
 def nest(overrides: dict[str, Any]) -> dict[str, Any]:
     """``{"optim.lr": 0.1}`` -> ``{"optim": {"lr": 0.1}}``."""
     nested: dict[str, Any] = {}
@@ -278,5 +289,6 @@ def load_sweep(path: str | Path) -> Sweep:
     base_path = _resolve_base(spec, path)
     base_raw = _read_yaml(base_path, "base")
     trials = expand_trials(spec, base_raw)
+    _check_asha(spec, trials)
     logger.debug("sweep %s: %d trials from %s", spec.name, len(trials), base_path)
     return Sweep(spec=spec, path=path.resolve(), base_raw=base_raw, trials=trials)

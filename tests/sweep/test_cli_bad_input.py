@@ -45,6 +45,11 @@ def _one_line(result) -> str:
         ({"grid": {"seed": []}}, [], "grid.seed"),
         ({"grid": {"seed": [0, 1]}}, ["--max-concurrent", "0"], "--max-concurrent"),
         ({"grid": {"relation.num_prototypes": [4, 1000]}}, [], "num_prototypes"),
+        (
+            {"grid": {"seed": [0, 1]}, "asha": {"grace_period": 50}},
+            [],
+            "asha.grace_period",
+        ),
     ],
 )
 def test_bad_sweep_exits_2_and_leaves_no_parent_run(

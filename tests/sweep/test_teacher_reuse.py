@@ -15,17 +15,22 @@ from tests.conftest import tiny_config
 from tests.sweep.helpers import write_sweep
 
 
-def _teacher_checkpoint(directory) -> str:
+def teacher_checkpoint(directory) -> str:
     """A checkpoint whose student is a random shufflenet (the teacher)."""
     config = tiny_config(method="mocov2", student={"backbone": "shufflenet_v2_x1_0"})
     method = build_method(config, load_dataset(config.data, seed=0))
     path = directory / "teacher.pt"
-    torch.save({"format_version": 1, "method": method.state_dict()}, path)
+    state = {
+        "format_version": 1,
+        "config": config.model_dump(mode="json"),
+        "method": method.state_dict(),
+    }
+    torch.save(state, path)
     return str(path)
 
 
 def _offline_sweep(tmp_path):
-    checkpoint = _teacher_checkpoint(tmp_path)
+    checkpoint = teacher_checkpoint(tmp_path)
     return load_sweep(
         write_sweep(
             tmp_path,
