@@ -12,7 +12,7 @@ directions) and M in {10, 100, 1000} prototypes, 20 iterations:
   in this process, on the same normalized array with the same seed and the
   same number of threads as the service.
 
-Target (issue 6): service / raw faiss <= 1.1. sklearn's ``KMeans`` (Lloyd,
+Target (the product's): service / raw faiss <= 1.1. sklearn's ``KMeans`` (Lloyd,
 random init, Euclidean on the unit vectors) runs the smallest N for
 reference, and faiss on the GPU where one is visible. Last, a short ReKD
 run with the actors measures the share of training time the step waits for

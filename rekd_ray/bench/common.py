@@ -48,14 +48,16 @@ class Check:
         value: the measurement.
         op: ``"<="`` or ``">="``: how ``value`` must compare to ``threshold``.
         threshold: the target.
-        source: where the target comes from (``"issue 6"`` or ``"ours: ..."``).
+        source: where the target comes from: ``"product"`` for rekd-ray's
+            performance targets (README, Performance), ``"ours: ..."`` for a
+            target set by the benchmark itself.
     """
 
     name: str
     value: float
     op: Literal["<=", ">="]
     threshold: float
-    source: str = "issue 6"
+    source: str = "product"
 
     @property
     def met(self) -> bool:

@@ -10,7 +10,7 @@ Against it: what the main job's ReKD step (mobilenet_v3_small student,
 online AlexNet teacher, in this process) consumes, in images/s, with the
 time of augmenting its batch taken out of the step time.
 
-Target (ours; the issue sets none): with the default ``loader_workers: 0``
+Target (ours; no product target): with the default ``loader_workers: 0``
 the augmentation runs inside the training process, so it must cost <= 10 %
 of a step: headroom (augmentation images/s / step images/s) >= 10.
 

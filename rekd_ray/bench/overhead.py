@@ -11,7 +11,7 @@ twice, one after the other:
    ``rekd train`` runs it.
 
 Images/s come from the step hooks, over consecutive steps of an epoch after
-a warm-up (:class:`~rekd_ray.bench.workload.StepClock`). Target (issue 6):
+a warm-up (:class:`~rekd_ray.bench.workload.StepClock`). Target (the product's):
 Ray / in process >= 0.95.
 
 NOTE: not in the ratio, reported beside it: Ray and worker start-up, and

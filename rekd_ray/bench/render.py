@@ -25,7 +25,7 @@ def _checks(result: BenchResult) -> RichTable:
     for check in result.checks:
         met = "[green]yes[/]" if check.met else "[red]no[/]"
         target = f"{check.op} {check.threshold:g}"
-        if check.source != "issue 6":
+        if check.source != "product":
             target += f" ({check.source})"
         rendered.add_row(check.name, format_cell(check.value), target, met)
     return rendered

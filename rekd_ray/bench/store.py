@@ -13,7 +13,7 @@ For N = 60k and N = 1.28M (ImageNet's train split) synthetic rows, D = 128:
   the store; the time from publication to the worker holding the new
   assignments, and how long the accepting ``refresh`` blocked its step.
 
-The issue sets no targets here; ours (marked in the JSON): writes keep up
+No product targets here; ours (marked in the JSON): writes keep up
 with 10,000 rows/s (a GPU-sized step at 32 px), a snapshot costs <= 1 s per
 million rows, a new version is held within two polls plus 0.1 s, and taking
 it blocks a step for <= 50 ms (5 % of the main job's ~1 s step).
