@@ -241,7 +241,7 @@ def cluster_store(
 ) -> PrototypeSnapshot | None:
     """Spherical k-means of the filled rows of a feature store.
 
-    Rows never written keep prototype -1; ``use_gpu`` is passed to
+    Rows never written, and rows of zero norm, keep prototype -1; ``use_gpu`` is passed to
     :func:`spherical_kmeans` (None: GPU 0 if faiss sees one). Returns None
     (and logs) while fewer rows than prototypes are filled, so an early
     request is simply skipped.
@@ -249,7 +249,10 @@ def cluster_store(
     Shape:
         features: (N, D) float32; filled: (N,) bool.
     """
-    rows = np.flatnonzero(filled)
+    # A zero row (e.g. every post-ReLU feature of a blank image is 0) has no
+    # direction to cluster; it keeps prototype -1 instead of failing the run.
+    norms = np.linalg.norm(features, axis=1)  # (N,)
+    rows = np.flatnonzero(filled & (norms > 1e-12))
     if rows.size < num_prototypes:
         logger.info(
             "skipping clustering: %d of %d samples have teacher embeddings, "
@@ -278,6 +281,7 @@ def cluster_store(
         "cluster_size_mean": float(sizes.mean()),
         "empty_clusters": float(result.num_empty),
         "clustered_samples": float(rows.size),
+        "zero_feature_samples": float((filled & (norms <= 1e-12)).sum()),
     }
     logger.debug("clustering v%d: %s", version, stats)
     return PrototypeSnapshot(version, assignments, result.centroids, stats)

@@ -34,6 +34,17 @@ def test_clusters_only_filled_rows():
     assert stats["empty_clusters"] == 0.0
 
 
+def test_zero_rows_stay_unknown_instead_of_failing():
+    source = LocalRelationSource(8, 2, num_prototypes=2, iterations=5)
+    embeddings = torch.tensor([[1.0, 0.0]] * 3 + [[0.0, 1.0]] * 3 + [[0.0, 0.0]] * 2)
+    source.push(torch.arange(8), embeddings)
+    source.request_clustering()
+    labels = source.lookup(torch.arange(8)).tolist()
+    assert labels[6:] == [-1, -1]
+    assert labels[0] != labels[3] and min(labels[:6]) >= 0
+    assert source.stats()["zero_feature_samples"] == 2.0
+
+
 def test_too_few_filled_rows_skips_clustering():
     source = LocalRelationSource(10, 2, num_prototypes=4)
     source.push(torch.tensor([0, 1]), torch.eye(2))
