@@ -16,10 +16,14 @@ Table of contents of :func:`run_sweep`:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -221,13 +225,47 @@ def _fit(sweep: Sweep, uri: str, parent: str, concurrent: int) -> tuple[str, flo
             "parent_run_id": parent,
             "shared_teachers": teachers.names(),
         }
-        results = _tuner(sweep, context, concurrent, storage).fit()
+        with _tune_interrupt_watch() as interrupted:
+            results = _tuner(sweep, context, concurrent, storage).fit()
+        if interrupted.is_set():
+            # Tune stopped its trials on Ctrl-C and returned normally.
+            raise KeyboardInterrupt
         saved = teachers.seconds_saved(child_runs(uri, parent))
     close_open_children(uri, parent)
     errors = [result.error for result in results if result.error is not None]
     for error in errors:
         logger.warning("a trial failed: %s", str(error).strip().splitlines()[0])
     return ("FAILED" if errors else "FINISHED"), saved
+
+
+@contextlib.contextmanager
+def _tune_interrupt_watch() -> Iterator[threading.Event]:
+    """Tell whether Ray Tune swallowed a Ctrl-C during ``Tuner.fit``.
+
+    Tune replaces the SIGINT handler for the fit, stops the trials on the
+    first Ctrl-C, puts the handler it found back and returns as if the sweep
+    had ended. We install a sentinel handler before the fit: finding it in
+    place again afterwards means Tune was interrupted. The sentinel itself
+    raises ``KeyboardInterrupt`` should it ever be called (when Tune installs
+    no handler, ``TUNE_DISABLE_SIGINT_HANDLER=1``).
+    """
+    interrupted = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupted  # signals can be handled in the main thread only
+        return
+
+    def sentinel(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, sentinel)
+    try:
+        yield interrupted
+    finally:
+        if signal.getsignal(signal.SIGINT) is sentinel and not int(
+            os.getenv("TUNE_DISABLE_SIGINT_HANDLER", "0")
+        ):
+            interrupted.set()
+        signal.signal(signal.SIGINT, previous)
 
 
 def _trial_rows(uri: str, parent: str) -> list[dict]:

@@ -241,8 +241,8 @@ def cluster_store(
 ) -> PrototypeSnapshot | None:
     """Spherical k-means of the filled rows of a feature store.
 
-    Rows never written, and rows of zero norm, keep prototype -1; ``use_gpu`` is passed to
-    :func:`spherical_kmeans` (None: GPU 0 if faiss sees one). Returns None
+    Rows never written, and rows of zero norm, keep prototype -1; ``use_gpu``
+    is passed to :func:`spherical_kmeans` (None: GPU 0 if faiss sees one). Returns None
     (and logs) while fewer rows than prototypes are filled, so an early
     request is simply skipped.
 
