@@ -296,6 +296,10 @@ def get_or_create_clustering_service(
         get_if_exists=True,
         num_gpus=num_gpus,
         resources=resources or {},
+        # Never inside the caller's placement group (a Tune trial's or Ray
+        # Train's): the service would die with that group when the run ends,
+        # and its restart would wait forever for the group's resources.
+        scheduling_strategy="DEFAULT",
     ).remote(num_threads)
 
 
