@@ -24,6 +24,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from rekd_ray.config import ConfigError, build_config, load_config
+from rekd_ray.paths import check_output_file
 
 app = typer.Typer(
     add_completion=False,
@@ -89,7 +90,7 @@ AddressOption = Annotated[
 ]
 TrackingOption = Annotated[
     str | None,
-    typer.Option(help="MLflow tracking URI [default: sqlite:///mlflow.db here]."),
+    typer.Option(help="MLflow tracking URI (default: sqlite:///mlflow.db here)."),
 ]
 JsonOption = Annotated[
     bool, typer.Option("--json", help="Print one JSON object on stdout, nothing else.")
@@ -116,18 +117,25 @@ ResumeOption = Annotated[
 ]
 
 
+def _existing_store(tracking_uri: str | None) -> str:
+    """The resolved URI of a store that must already hold MLflow runs."""
+    from rekd_ray.tracking.mlflow_run import check_tracking_uri, open_tracking_store
+
+    uri = check_tracking_uri(tracking_uri, existing=True)
+    open_tracking_store(uri)
+    return uri
+
+
 def _resume_point(run_id, experiment, config_file, overrides, tracking_uri):
     """Where ``--resume RUN_ID`` continues (raises ConfigError): the run's
     config with ``--set`` applied, or a config file that must match it."""
     from rekd_ray.orchestration.resume import prepare_resume
-    from rekd_ray.tracking.mlflow_run import resolve_tracking_uri
 
-    uri = resolve_tracking_uri(tracking_uri)
-    database = uri.removeprefix("sqlite:///")
-    if uri.startswith("sqlite:///") and not Path(database).is_file():
+    if not run_id.strip():
         raise ConfigError(
-            f"--tracking-uri: no MLflow database at {database}; pass --tracking-uri"
+            "--resume: empty run id; pass the RUN_ID of a KILLED or FAILED run"
         )
+    uri = _existing_store(tracking_uri)
     given = experiment if config_file is not None else None
     return prepare_resume(run_id, uri, given, overrides)
 
@@ -151,16 +159,22 @@ def train(
 
         overrides = [*(set_ or []), *(FORCE_CPU_OVERRIDES if cpu else ())]
         experiment = load_config(config, overrides)
-        if resume:
-            resume_point = _resume_point(
-                resume, experiment, config, overrides, tracking_uri
-            )
-            experiment = resume_point.config
         from rekd_ray.orchestration.runner import (
+            check_address,
             check_against_data,
             check_local_resources,
         )
 
+        check_address(address)
+        if resume is not None:
+            resume_point = _resume_point(
+                resume, experiment, config, overrides, tracking_uri
+            )
+            experiment = resume_point.config
+        else:
+            from rekd_ray.tracking.mlflow_run import check_tracking_uri
+
+            check_tracking_uri(tracking_uri)
         check_local_resources(experiment, address)
         check_against_data(experiment)
     except ConfigError as error:
@@ -273,13 +287,13 @@ def evaluate(
     from rekd_ray.data.datasets import load_dataset
     from rekd_ray.data.fashion_mnist import DatasetMissingError
     from rekd_ray.models.backbones import build_backbone
-    from rekd_ray.tracking.mlflow_run import log_metrics, resolve_tracking_uri
+    from rekd_ray.tracking.mlflow_run import log_metrics
     from rekd_ray.training.evaluate import final_evaluation
 
-    uri = resolve_tracking_uri(tracking_uri)
-    database = uri.removeprefix("sqlite:///")
-    if uri.startswith("sqlite:///") and not Path(database).is_file():
-        _fail(f"--tracking-uri: no MLflow database at {database}; pass --tracking-uri")
+    try:
+        uri = _existing_store(tracking_uri)
+    except ConfigError as error:
+        _fail(str(error))
     client = MlflowClient(uri)
     with tempfile.TemporaryDirectory() as directory:
         try:
@@ -323,7 +337,7 @@ def evaluate(
 
 MaxConcurrentOption = Annotated[
     int | None,
-    typer.Option(help="Trials run at once [default: the sweep file's max_concurrent]."),
+    typer.Option(help="Trials run at once (default: the sweep file's max_concurrent)."),
 ]
 
 
@@ -347,11 +361,13 @@ def sweep(
         run_sweep,
     )
     from rekd_ray.sweep.spec import load_sweep
+    from rekd_ray.tracking.mlflow_run import check_tracking_uri
 
     try:
         check_max_concurrent(max_concurrent)
         spec = load_sweep(sweep_file)
         check_sweep(spec, address, max_concurrent)
+        check_tracking_uri(tracking_uri)
     except ConfigError as error:
         _fail(str(error))
     try:
@@ -388,11 +404,11 @@ def compare(
     ] = "linear_top1",
     baseline: Annotated[
         str | None,
-        typer.Option(help="Baseline setting, e.g. method=mocov2 [default: sweep's]."),
+        typer.Option(help="Baseline setting, e.g. method=mocov2 (default: sweep's)."),
     ] = None,
     plot: Annotated[
         Path | None,
-        typer.Option(help="PNG path [default: ./<sweep>_<metric>.png]."),
+        typer.Option(help="PNG path (default: ./<sweep>_<metric>.png)."),
     ] = None,
     tracking_uri: TrackingOption = None,
     json_output: JsonOption = False,
@@ -405,19 +421,18 @@ def compare(
     from rekd_ray.sweep.compare import build_comparison, parse_baseline
     from rekd_ray.sweep.plot import plot_comparison
     from rekd_ray.sweep.runs import find_parent_run
-    from rekd_ray.tracking.mlflow_run import resolve_tracking_uri
 
-    uri = resolve_tracking_uri(tracking_uri)
-    database = uri.removeprefix("sqlite:///")
-    if uri.startswith("sqlite:///") and not Path(database).is_file():
-        _fail(f"--tracking-uri: no MLflow database at {database}; pass --tracking-uri")
     try:
+        if plot is not None:
+            check_output_file(plot, "--plot", suffix=".png")
+        uri = _existing_store(tracking_uri)
         parent = find_parent_run(uri, sweep_or_run)
         comparison = build_comparison(uri, parent, metric, parse_baseline(baseline))
-    except (LookupError, ValueError) as error:
+        name = comparison.metric.split("/")[-1]
+        plot = plot or Path(f"{comparison.sweep}_{name}.png")
+        check_output_file(plot, "--plot", suffix=".png")
+    except (LookupError, ValueError) as error:  # ConfigError is a ValueError
         _fail(str(error))
-    name = comparison.metric.split("/")[-1]
-    plot = plot or Path(f"{comparison.sweep}_{name}.png")
     plot_comparison(comparison, plot)
     MlflowClient(uri).log_artifact(parent, str(plot))
     if json_output:
@@ -455,8 +470,11 @@ def bench(
     if name not in BENCHMARK_NAMES:
         choices = ", ".join(BENCHMARK_NAMES)
         _fail(f"NAME: unknown benchmark {name!r}; choose one of {choices}")
-    if out is not None and out.is_dir():
-        _fail(f"--out: {out} is a directory; give a file such as {out}/{name}.json")
+    if out is not None:
+        try:
+            check_output_file(out, "--out")
+        except ConfigError as error:
+            _fail(str(error))
     with _stdout_to_stderr(json_output):
         result = run_benchmark(name, quick=quick)
     if out is not None:

@@ -32,7 +32,10 @@ __all__ = [
     "flatten_config",
     "load_config",
     "parse_overrides",
+    "read_yaml_mapping",
 ]
+
+SEED_LIMIT = 2**31  # torch, numpy and Ray Tune seeds are 32-bit
 
 
 class ConfigError(ValueError):
@@ -283,6 +286,16 @@ class ExperimentConfig(_Section):
     eval: EvalConfig = EvalConfig()
     runtime: RuntimeConfig = RuntimeConfig()
 
+    @field_validator("seed")
+    @classmethod
+    def _seed_in_range(cls, seed: int) -> int:
+        if not 0 <= seed < SEED_LIMIT:
+            raise ValueError(
+                f"must be in 0..{SEED_LIMIT - 1} (torch and numpy take 32-bit "
+                f"seeds), got {seed}; pick one in that range"
+            )
+        return seed
+
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentConfig:
         if self.moco.queue_size < self.optim.batch_size:
@@ -316,11 +329,24 @@ class ExperimentConfig(_Section):
         return backbone_feature_dim(self.teacher.backbone)
 
 
+def _section_keys(loc: tuple) -> list[str]:
+    """The keys allowed in the section that holds ``loc`` (a pydantic loc)."""
+    model: type[BaseModel] = ExperimentConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            break
+        model = annotation
+    return sorted(model.model_fields)
+
+
 def _format_error(error: ValidationError) -> str:
     first = error.errors()[0]
     key = ".".join(str(part) for part in first["loc"])
     if first["type"] == "extra_forbidden":
-        return f"{key}: unknown key; check the spelling against experiments/*.yaml"
+        allowed = ", ".join(_section_keys(first["loc"]))
+        return f"{key}: unknown key; allowed here: {allowed}"
     message = first["msg"].removeprefix("Value error, ")
     if not key or message.startswith(f"{key}."):
         return message  # a cross-field check that names its own fields
@@ -358,6 +384,11 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
             parsed = value
         node = nested
         parts = key.strip().split(".")
+        if not all(part.strip() for part in parts):
+            raise ConfigError(
+                f"--set {pair!r}: the key {key.strip()!r} has an empty part "
+                "(two dots, or a dot at an end); write e.g. optim.lr=0.1"
+            )
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
@@ -377,6 +408,44 @@ def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def read_yaml_mapping(
+    path: Path, what: str, error: type[ConfigError] = ConfigError
+) -> dict[str, Any]:
+    """The mapping a YAML file holds (an empty file is ``{}``).
+
+    Args:
+        what: the field named in the error (``config``, ``SWEEP``, ``base``).
+        error: the ConfigError subclass raised.
+
+    Raises:
+        error: the file is missing, a directory, unreadable, not UTF-8, not
+            YAML, or not a mapping.
+    """
+    if path.is_dir():
+        raise error(f"{what}: {path} is a directory; give a YAML file in it")
+    if not path.is_file():
+        raise error(f"{what}: file {str(path)!r} does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as decode:
+        raise error(
+            f"{what}: {path} is not UTF-8 text (byte {decode.start}); save it as "
+            "UTF-8 YAML"
+        ) from None
+    except OSError as os_error:
+        raise error(f"{what}: cannot read {path} ({os_error.strerror})") from None
+    except yaml.YAMLError as yaml_error:
+        mark = getattr(yaml_error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        message = f"{what}: {path} is not valid YAML{where}; fix the syntax"
+        raise error(message) from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise error(f"{what}: {path} must hold a mapping of keys to values")
+    return loaded
+
+
 def load_config(
     path: str | Path | None, overrides: list[str] | None = None
 ) -> ExperimentConfig:
@@ -385,24 +454,7 @@ def load_config(
     Raises:
         ConfigError: the file is missing or not YAML, or a value is invalid.
     """
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config: file {str(path)!r} does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark else ""
-            raise ConfigError(
-                f"config: {path} is not valid YAML{where}; fix the syntax"
-            ) from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config: {path} must hold a mapping of sections")
-        raw = loaded
+    raw = {} if path is None else read_yaml_mapping(Path(path), "config")
     return build_config(merge(raw, parse_overrides(overrides or [])))
 
 

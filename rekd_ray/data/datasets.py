@@ -25,6 +25,7 @@ from rekd_ray.data.fashion_mnist import (
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,
     DatasetMissingError,
+    check_fashion_mnist,
     load_fashion_mnist,
 )
 from rekd_ray.data.image_folder import eval_dir, load_image_folder, train_dir
@@ -343,6 +344,7 @@ def dataset_size(config: DataConfig) -> int:
         test_size = config.synthetic_test_samples
     elif name == "fashion_mnist":
         _check_root(config)
+        check_fashion_mnist(config.root)
         size = FASHION_MNIST_SIZES["train"]
         test_size = FASHION_MNIST_SIZES["test"]
     else:

@@ -11,6 +11,7 @@ Shape legend: N samples, H = W = 28 pixels.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import logging
 import struct
@@ -26,6 +27,7 @@ __all__ = [
     "FASHION_MNIST_MEAN",
     "FASHION_MNIST_STD",
     "DatasetMissingError",
+    "check_fashion_mnist",
     "load_fashion_mnist",
 ]
 
@@ -139,3 +141,29 @@ def load_fashion_mnist(
     logger.debug("loaded fashion-mnist %s: %d images from %s", split, len(images), root)
     # NOTE: copy out of the read-only bytes buffer so callers may write in place.
     return torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64))
+
+
+@functools.lru_cache(maxsize=8)
+def _checked_files(root: str, stats: tuple) -> None:
+    for split in _SPLIT_PREFIX:
+        load_fashion_mnist(root, split)
+
+
+def check_fashion_mnist(root: str | Path = DEFAULT_ROOT) -> None:
+    """Read and validate all four IDX files of ``root`` once.
+
+    Meant for up-front checks before a run starts: a missing or truncated
+    file is reported before any worker is created. The result is cached
+    per directory and file sizes and times, so checking every trial of a
+    sweep costs one read (about half a second).
+
+    Raises:
+        DatasetMissingError: a file is missing, truncated or corrupt.
+    """
+    root = Path(root)
+    stats = []
+    for prefix in _SPLIT_PREFIX.values():
+        for stem in (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"):
+            status = _find_file(root, stem).stat()
+            stats.append((stem, status.st_size, status.st_mtime_ns))
+    _checked_files(str(root), tuple(stats))

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import tempfile
 import threading
@@ -64,7 +65,10 @@ from rekd_ray.training.faults import FaultPlan
 __all__ = [
     "RunFailedError",
     "RunSummary",
+    "check_address",
     "check_against_data",
+    "check_local_resources",
+    "check_offline_teacher",
     "evaluate_checkpoint",
     "run_training",
 ]
@@ -156,10 +160,12 @@ def check_offline_teacher(config: ExperimentConfig) -> None:
     path = Path(config.teacher.checkpoint or "")
     try:
         saved = load_checkpoint(path)["config"]
-    except (FileNotFoundError, ValueError, KeyError):
+        saved_student, saved_moco = saved["student"], saved["moco"]
+        saved_image_size = saved["data"]["image_size"]
+    except (FileNotFoundError, ValueError, KeyError, TypeError, IndexError) as error:
         raise ConfigError(
             f"teacher.checkpoint: {str(path)!r} is not a checkpoint.pt "
-            "(or a directory holding one) written by rekd train"
+            f"(or a directory holding one) written by rekd train ({error})"
         ) from None
     if saved.get("method") == "supervised":
         raise ConfigError(
@@ -167,17 +173,17 @@ def check_offline_teacher(config: ExperimentConfig) -> None:
             "the checkpoint of a mocov2, rekd or response run"
         )
     wanted = {
-        "teacher.backbone": (saved["student"]["backbone"], config.teacher.backbone),
+        "teacher.backbone": (saved_student["backbone"], config.teacher.backbone),
         "teacher.projection_dim": (
-            saved["student"]["projection_dim"],
+            saved_student["projection_dim"],
             config.teacher.projection_dim,
         ),
         "teacher.projection_hidden_dim": (
-            saved["student"]["projection_hidden_dim"],
+            saved_student["projection_hidden_dim"],
             config.teacher.projection_hidden_dim,
         ),
-        "moco.queue_size": (saved["moco"]["queue_size"], config.moco.queue_size),
-        "data.image_size": (saved["data"]["image_size"], config.data.image_size),
+        "moco.queue_size": (saved_moco["queue_size"], config.moco.queue_size),
+        "data.image_size": (saved_image_size, config.data.image_size),
     }
     for key, (trained, configured) in wanted.items():
         if trained != configured:
@@ -198,6 +204,7 @@ def check_local_resources(config: ExperimentConfig, address: str | None) -> None
     check_faiss_install(config)
     if address:
         return
+    _check_local_clustering(config)
     cpus = os.cpu_count() or 1
     if config.runtime.num_workers > cpus:
         raise ConfigError(
@@ -214,6 +221,52 @@ def check_local_resources(config: ExperimentConfig, address: str | None) -> None
                 f"GPU each; torch sees {torch.cuda.device_count()}. Set "
                 "runtime.use_gpu=false or lower runtime.num_workers"
             )
+
+
+def _check_local_clustering(config: ExperimentConfig) -> None:
+    """The clustering service's GPUs and custom resources exist locally.
+
+    A local Ray has no custom resources and as many GPUs as torch sees; an
+    actor asking for more would wait for them forever.
+    """
+    runtime = config.runtime
+    if runtime.clustering_resources:
+        names = ", ".join(sorted(runtime.clustering_resources))
+        raise ConfigError(
+            f"runtime.clustering_resources: a local Ray has no custom resources "
+            f"({names}); leave it empty here, or pass --address of a cluster "
+            "whose nodes define them"
+        )
+    if runtime.clustering_gpus > 0:
+        import torch
+
+        if runtime.clustering_gpus > torch.cuda.device_count():
+            raise ConfigError(
+                f"runtime.clustering_gpus: {runtime.clustering_gpus:g} GPU(s) "
+                f"asked, torch sees {torch.cuda.device_count()}; set "
+                "runtime.clustering_gpus=0 (or pass --cpu)"
+            )
+
+
+# host:port, [v6]:port, or a ray:// client address.
+_ADDRESS = re.compile(r"^(ray://)?(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]+):\d{1,5}$")
+
+
+def check_address(address: str | None) -> None:
+    """``--address`` is empty (local Ray), ``auto``, ``local``, or HOST:PORT.
+
+    Raises:
+        ConfigError: anything else, before Ray tries to connect to it.
+    """
+    if address is None or address in ("auto", "local"):
+        return
+    match = _ADDRESS.match(address)
+    if match is None or not 0 < int(address.rsplit(":", 1)[1]) < 65536:
+        raise ConfigError(
+            f"--address: {address!r} is not a Ray address; use auto (the "
+            "cluster this machine belongs to), HOST:PORT of the head (e.g. "
+            "10.0.0.1:6379) or ray://HOST:10001, or leave it out for a local Ray"
+        )
 
 
 def ensure_ray(address: str | None) -> None:

@@ -121,14 +121,12 @@ def build_comparison(
     if not children:
         raise LookupError(f"sweep parent run {parent_run_id} has no trial runs")
     key = metric_key(metric)
+    _check_metric(key, children)
     varying = _varying(children)
     setting_keys = [k for k in varying if k != REPEAT_KEY]
+    if baseline:
+        _check_baseline(baseline, children, setting_keys)
     baseline = baseline or _parent_baseline(parent, children, setting_keys)
-    unknown = sorted(set(baseline or {}) - set(setting_keys))
-    if unknown:
-        raise LookupError(
-            f"baseline: {unknown} do not vary in this sweep; use some of {setting_keys}"
-        )
     comparison = Comparison(
         sweep=parent.data.tags.get(PARENT_TAG, parent.info.run_name or ""),
         parent_run_id=parent_run_id,
@@ -139,6 +137,38 @@ def build_comparison(
     )
     comparison.settings = _settings(comparison.trials, setting_keys, key, baseline)
     return comparison
+
+
+def _check_metric(key: str, children) -> None:
+    """Some trial logged ``key`` (raises LookupError naming those logged)."""
+    logged = {name for child in children for name in child.metrics}
+    if key in logged:
+        return
+    finals = sorted(
+        name.removeprefix("final/") for name in logged if name.startswith("final/")
+    )
+    raise LookupError(
+        f"--metric: no trial of this sweep logged {key}; choose one of "
+        f"{', '.join(finals) or 'none (no trial finished)'}, or a full "
+        "MLflow key such as val/knn_top1"
+    )
+
+
+def _check_baseline(baseline: dict[str, str], children, setting_keys) -> None:
+    """``--baseline`` names varying keys, each with a value some trial has."""
+    unknown = sorted(set(baseline) - set(setting_keys))
+    if unknown:
+        raise LookupError(
+            f"--baseline: {', '.join(unknown)} do not vary in this sweep; use "
+            f"some of {', '.join(setting_keys) or '(nothing varies)'}"
+        )
+    for key, value in baseline.items():
+        values = sorted({str(child.params.get(key)) for child in children})
+        if value not in values:
+            raise LookupError(
+                f"--baseline: {key}={value} is not a setting of this sweep; "
+                f"{key} takes {', '.join(values)}"
+            )
 
 
 def _trial_row(child, varying: list[str], key: str) -> dict:

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rekd_ray.orchestration.runner import (
+    check_address,
     check_against_data,
     check_local_resources,
     ensure_ray,
@@ -93,6 +94,14 @@ def check_sweep(sweep: Sweep, address: str | None, max_concurrent: int | None):
         SweepError / ConfigError: one line naming the field and the fix.
     """
     check_max_concurrent(max_concurrent)
+    check_address(address)
+    cpus = os.cpu_count() or 1
+    if not address and sweep.spec.trial_cpus > cpus:
+        raise SweepError(
+            f"trial_cpus: {sweep.spec.trial_cpus:g} CPUs per trial, this machine "
+            f"has {cpus}; no trial would ever start. Lower trial_cpus, or pass "
+            "--address to use a Ray cluster"
+        )
     for trial in sweep.trials:
         try:
             check_local_resources(trial.config, address)

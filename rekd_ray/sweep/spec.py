@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rekd_ray.config import (
@@ -37,6 +36,7 @@ from rekd_ray.config import (
     ExperimentConfig,
     build_config,
     merge,
+    read_yaml_mapping,
 )
 
 __all__ = [
@@ -158,20 +158,6 @@ def check_field(key: str, where: str) -> None:
             model = annotation
 
 
-def _read_yaml(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise SweepError(f"{what}: file {str(path)!r} does not exist")
-    try:
-        loaded = yaml.safe_load(path.read_text())
-    except yaml.YAMLError:
-        raise SweepError(f"{what}: {path} is not valid YAML; fix the syntax") from None
-    if loaded is None:
-        loaded = {}
-    if not isinstance(loaded, dict):
-        raise SweepError(f"{what}: {path} must hold a mapping")
-    return loaded
-
-
 def _parse_spec(raw: dict[str, Any], path: Path) -> SweepSpec:
     try:
         return SweepSpec.model_validate(raw)
@@ -284,10 +270,10 @@ def load_sweep(path: str | Path) -> Sweep:
         SweepError: one line naming the offending key and the fix.
     """
     path = Path(path)
-    spec = _parse_spec(_read_yaml(path, "SWEEP"), path)
+    spec = _parse_spec(read_yaml_mapping(path, "SWEEP", SweepError), path)
     _check_search_space(spec)
     base_path = _resolve_base(spec, path)
-    base_raw = _read_yaml(base_path, "base")
+    base_raw = read_yaml_mapping(base_path, "base", SweepError)
     trials = expand_trials(spec, base_raw)
     _check_asha(spec, trials)
     logger.debug("sweep %s: %d trials from %s", spec.name, len(trials), base_path)

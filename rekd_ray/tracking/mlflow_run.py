@@ -12,20 +12,24 @@ variables and concurrent runs cannot cross-talk.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from pathlib import Path
 
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from rekd_ray.config import ExperimentConfig, flatten_config
+from rekd_ray.config import ConfigError, ExperimentConfig, flatten_config
+from rekd_ray.paths import is_writable_dir
 from rekd_ray.training.checkpoint import git_sha
 
 __all__ = [
     "DEFAULT_TRACKING_URI",
+    "check_tracking_uri",
     "end_run",
     "log_metrics",
     "logged_epochs",
+    "open_tracking_store",
     "reopen_run",
     "resolve_tracking_uri",
     "start_run",
@@ -48,6 +52,115 @@ def resolve_tracking_uri(uri: str | None) -> str:
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         return prefix + str(Path(uri[len(prefix) :]).resolve())
     return uri
+
+
+# Schemes of the stores MLflow can track to (``postgresql+psycopg2`` etc.
+# are matched on the part before the ``+``).
+_SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "mssql")
+_MLFLOW_TABLES = {"experiments", "runs", "alembic_version"}
+
+
+def check_tracking_uri(uri: str | None, *, existing: bool = False) -> str:
+    """Validate ``--tracking-uri`` before anything is created; return it resolved.
+
+    Args:
+        existing: the store must already hold MLflow's tables (commands that
+            read runs: eval, compare, train --resume).
+
+    Raises:
+        ConfigError: an unknown scheme, a bare path (MLflow's deprecated file
+            store), or an sqlite file that cannot be used (see below).
+    """
+    resolved = resolve_tracking_uri(uri)
+    if resolved.lower().startswith("databricks"):  # databricks[://PROFILE]
+        return resolved
+    scheme, sep, _ = resolved.partition(":")
+    if not sep or "/" in scheme or len(scheme) == 1:  # a path, or C:\ on Windows
+        raise ConfigError(
+            f"--tracking-uri: {resolved!r} is a bare path (MLflow's deprecated "
+            f"file store); use sqlite:///{resolved} or an http(s):// server"
+        )
+    if scheme.split("+")[0].lower() not in _SCHEMES:
+        raise ConfigError(
+            f"--tracking-uri: unknown scheme {scheme!r}; use sqlite:///PATH, "
+            "http(s)://HOST:PORT, file:PATH, databricks or a postgresql, "
+            "mysql or mssql database URI"
+        )
+    if scheme == "sqlite":
+        _check_sqlite_store(resolved, existing)
+    return resolved
+
+
+def _check_sqlite_store(uri: str, existing: bool) -> None:
+    """The sqlite file is usable: its directory is writable (sqlite writes a
+    journal beside it) and it is MLflow's, checked read-only so that MLflow
+    never adds its tables to a database of something else."""
+    if not uri.startswith("sqlite:///") or uri == "sqlite:///":
+        raise ConfigError(
+            f"--tracking-uri: {uri!r} names no file; use sqlite:///PATH "
+            "(four slashes for an absolute PATH)"
+        )
+    path = Path(uri.removeprefix("sqlite:///").split("?")[0])
+    if path.is_dir():
+        raise ConfigError(f"--tracking-uri: {path} is a directory; name a file in it")
+    if not path.parent.is_dir():
+        raise ConfigError(
+            f"--tracking-uri: directory {path.parent} does not exist; create it "
+            "or pass another --tracking-uri"
+        )
+    if not is_writable_dir(path.parent):
+        raise ConfigError(
+            f"--tracking-uri: directory {path.parent} is not writable; pass "
+            "--tracking-uri sqlite:///PATH in a writable directory"
+        )
+    if not path.exists():
+        if existing:
+            raise ConfigError(
+                f"--tracking-uri: no MLflow database at {path}; pass --tracking-uri"
+            )
+        return
+    tables = _sqlite_tables(path)
+    if (tables or existing) and not _MLFLOW_TABLES <= tables:
+        raise ConfigError(
+            f"--tracking-uri: {path} is an SQLite database without MLflow's "
+            "tables; pass --tracking-uri sqlite:///PATH of an MLflow database"
+        )
+
+
+def _sqlite_tables(path: Path) -> set[str]:
+    """Table names of the database at ``path``, opened read-only."""
+    try:
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            rows = connection.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'"
+            ).fetchall()
+        finally:
+            connection.close()
+    except sqlite3.Error as error:
+        raise ConfigError(
+            f"--tracking-uri: {path} is not an SQLite database ({error}); pass "
+            "--tracking-uri sqlite:///PATH of an MLflow database"
+        ) from None
+    return {name for (name,) in rows}
+
+
+def open_tracking_store(uri: str) -> MlflowClient:
+    """A client whose store answered one query (raises ConfigError otherwise).
+
+    Any failure of the store (a corrupt database, an old schema, a server
+    that does not answer) becomes one line naming ``--tracking-uri``.
+    """
+    client = MlflowClient(uri)
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as error:  # SQLAlchemy, MlflowException, requests...
+        first = (str(error).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(
+            f"--tracking-uri: cannot read the MLflow store at {uri} "
+            f"({type(error).__name__}: {first}); pass the URI of an MLflow store"
+        ) from None
+    return client
 
 
 def start_run(

@@ -101,7 +101,7 @@ def load_checkpoint(path: str | Path | None) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: nothing at ``path``.
-        ValueError: the file is not a rekd-ray checkpoint.
+        ValueError: the file does not load, or is not a rekd-ray checkpoint.
     """
     if path is None:
         raise FileNotFoundError("no checkpoint path given")
@@ -110,7 +110,13 @@ def load_checkpoint(path: str | Path | None) -> dict[str, Any]:
         path = path / CHECKPOINT_FILE
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # EOFError, UnpicklingError, zip errors...
+        raise ValueError(
+            f"{path} does not load as a checkpoint ({type(error).__name__}: "
+            f"{str(error)[:120] or 'empty or cut short'})"
+        ) from None
     if not isinstance(state, dict) or "format_version" not in state:
         raise ValueError(f"{path} is not a rekd-ray checkpoint")
     return state

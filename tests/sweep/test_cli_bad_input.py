@@ -50,6 +50,8 @@ def _one_line(result) -> str:
             [],
             "asha.grace_period",
         ),
+        ({"grid": {"seed": [0, 1]}, "trial_cpus": 512}, [], "trial_cpus"),
+        ({"grid": {"seed": [0, 1]}}, ["--address", "nohost"], "--address"),
     ],
 )
 def test_bad_sweep_exits_2_and_leaves_no_parent_run(

@@ -58,3 +58,15 @@ def test_two_trial_sweep_one_parent_two_children_and_compare(
     assert len(comparison["settings"]) == 2
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"sweep.yaml", "tiny_sweep_linear_top1.png"} <= artifacts
+
+    # Values the sweep does not have: one line naming the option, exit 2.
+    for option, value, named in [
+        ("--metric", "linear_top5", "--metric"),
+        ("--baseline", "relation.num_prototypes=5", "takes 4, 8"),
+        ("--baseline", "method=mocov2", "do not vary"),
+    ]:
+        refused = CliRunner().invoke(
+            app, ["compare", str(path), "--tracking-uri", uri, option, value]
+        )
+        assert refused.exit_code == 2, refused.output
+        assert named in refused.output

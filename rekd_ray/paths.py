@@ -1,0 +1,63 @@
+"""Checks of the files a command will write, made before any work starts.
+
+A benchmark or a comparison that runs for minutes and only then finds that
+its output cannot be written wastes the whole run; these checks let the
+command refuse up front with one line naming the option.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from rekd_ray.config import ConfigError
+
+__all__ = ["check_output_file", "is_writable_dir"]
+
+
+def is_writable_dir(directory: Path) -> bool:
+    """Whether a file can be created in ``directory``.
+
+    Tried for real with an anonymous temporary file (``O_TMPFILE`` on Linux:
+    nothing shows up in the directory), since ``os.access`` says yes to root
+    even on read-only mounts and /proc.
+    """
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError:
+        return False
+    return True
+
+
+def check_output_file(path: Path, option: str, suffix: str | None = None) -> None:
+    """``path`` can be written as a file: not a directory, in a writable one.
+
+    Args:
+        option: the option named in the error, e.g. ``--out``.
+        suffix: the required file suffix, e.g. ``.png`` (case-insensitive).
+
+    Raises:
+        ConfigError: one line naming ``option`` and the fix.
+    """
+    if path.is_dir():
+        name = f"result{suffix or '.json'}"
+        raise ConfigError(
+            f"{option}: {path} is a directory; give a file such as {path / name}"
+        )
+    if suffix and path.suffix.lower() != suffix:
+        raise ConfigError(
+            f"{option}: {path} must end in {suffix}, e.g. {path.with_suffix(suffix)}"
+        )
+    parent = path.parent
+    if not parent.is_dir():
+        raise ConfigError(
+            f"{option}: directory {parent} does not exist; create it or choose "
+            "another path"
+        )
+    if not is_writable_dir(parent):
+        raise ConfigError(
+            f"{option}: directory {parent} is not writable; choose another path"
+        )
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"{option}: {path} exists and is not a regular file")
