@@ -31,7 +31,8 @@ def is_writable_dir(directory: Path) -> bool:
 
 
 def check_output_file(path: Path, option: str, suffix: str | None = None) -> None:
-    """``path`` can be written as a file: not a directory, in a writable one.
+    """``path`` can be written as a file: not a directory, and under a
+    writable directory (missing directories between them are created later).
 
     Args:
         option: the option named in the error, e.g. ``--out``.
@@ -49,11 +50,15 @@ def check_output_file(path: Path, option: str, suffix: str | None = None) -> Non
         raise ConfigError(
             f"{option}: {path} must end in {suffix}, e.g. {path.with_suffix(suffix)}"
         )
+    # Missing parent directories are created when the file is written; the
+    # nearest one that exists must be a writable directory.
     parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
     if not parent.is_dir():
         raise ConfigError(
-            f"{option}: directory {parent} does not exist; create it or choose "
-            "another path"
+            f"{option}: {parent} is a file, so {path.parent} cannot be a "
+            "directory; choose another path"
         )
     if not is_writable_dir(parent):
         raise ConfigError(

@@ -74,7 +74,7 @@ CASES = [
         ],
         "teacher.checkpoint",
     ),
-    (["bench", "data", "--quick", "--out", "no/such/dir/r.json"], "--out"),
+    (["bench", "data", "--quick", "--out", "garbage.db/r.json"], "is a file"),
     (["bench", "data", "--quick", "--out", "a_directory"], "--out"),
     (["compare", "abc", "--plot", "a_directory"], "--plot"),
     (["compare", "abc", "--plot", "plot.jpg"], "--plot"),

@@ -143,10 +143,16 @@ class BenchResult:
 
 
 def write_json(result: BenchResult, path: str | Path) -> Path:
-    """Write ``result.to_json()`` to ``path`` (parents created); returns it."""
+    """Write ``result.to_json()`` to ``path`` (parents created); returns it.
+
+    Written to a temporary file beside it and renamed, so a crash never
+    leaves half a JSON file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    partial.replace(path)
     return path
 
 

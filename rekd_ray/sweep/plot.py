@@ -92,6 +92,7 @@ def plot_comparison(comparison, path: str | Path) -> Path:
     axis.set_title(f"{comparison.sweep}: {comparison.metric} (95 % interval)")
     figure.tight_layout()
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
