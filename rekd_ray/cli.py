@@ -20,6 +20,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -36,8 +37,16 @@ stderr = Console(stderr=True)
 EXIT_BAD_INPUT = 2  # failed runs exit 1, interrupts 130
 
 
+def _print_error(message: object) -> None:
+    """``error: <message>`` on stderr; the message is printed as given (a
+    path or value with square brackets is not read as rich markup)."""
+    stderr.print(
+        f"[bold red]error:[/] {escape(str(message))}", highlight=False, soft_wrap=True
+    )
+
+
 def _fail(message: str) -> None:
-    stderr.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    _print_error(message)
     raise typer.Exit(EXIT_BAD_INPUT)
 
 
@@ -195,7 +204,7 @@ def train(
                 resume=resume_point,
             )
     except RunFailedError as error:
-        stderr.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        _print_error(error)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         stderr.print(
@@ -379,7 +388,7 @@ def sweep(
                 max_concurrent=max_concurrent,
             )
     except SweepFailedError as error:
-        stderr.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        _print_error(error)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         stderr.print("interrupted: the sweep's MLflow runs are marked KILLED")

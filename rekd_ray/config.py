@@ -58,7 +58,9 @@ class DatasetName(StrEnum):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False
+    )
 
 
 def _check_backbone(name: str) -> str:
@@ -81,18 +83,18 @@ class DataConfig(_Section):
     image_size: int = Field(32, ge=16, le=512)
     train_subset: int | None = Field(None, ge=2)
     test_subset: int | None = Field(None, ge=1)
-    synthetic_train_samples: int = Field(512, ge=2)
-    synthetic_test_samples: int = Field(256, ge=1)
-    synthetic_classes: int = Field(4, ge=2)
-    loader_workers: int = Field(0, ge=0)
+    synthetic_train_samples: int = Field(512, ge=2, le=10_000_000)
+    synthetic_test_samples: int = Field(256, ge=1, le=10_000_000)
+    synthetic_classes: int = Field(4, ge=2, le=100_000)
+    loader_workers: int = Field(0, ge=0, le=64)
 
 
 class BackboneConfig(_Section):
     """A randomly initialized torchvision backbone plus the 128-d MLP head."""
 
     backbone: str = "mobilenet_v3_small"
-    projection_dim: int = Field(128, ge=2)
-    projection_hidden_dim: int = Field(512, ge=2)
+    projection_dim: int = Field(128, ge=2, le=16_384)
+    projection_hidden_dim: int = Field(512, ge=2, le=16_384)
 
     @field_validator("backbone")
     @classmethod
@@ -139,10 +141,10 @@ class MocoConfig(_Section):
     sub-batches, the one-process form of Shuffle-BN (see ``models.moco``).
     """
 
-    queue_size: int = Field(4096, ge=1)
+    queue_size: int = Field(4096, ge=1, le=4_194_304)
     momentum: float = Field(0.99, ge=0.0, le=1.0)
     temperature: float = Field(0.2, gt=0.0)
-    key_bn_splits: int = Field(4, ge=1)
+    key_bn_splits: int = Field(4, ge=1, le=1024)
 
 
 class RelationConfig(_Section):
@@ -168,8 +170,8 @@ class RelationConfig(_Section):
     (NMI 0.33). Both cost one no-grad teacher forward per image and epoch.
     """
 
-    num_prototypes: int = Field(300, ge=2)
-    weight: float = Field(1.0, ge=0.0)
+    num_prototypes: int = Field(300, ge=2, le=1_000_000)
+    weight: float = Field(1.0, ge=0.0, le=1000.0)
     # What the teacher embeds for the store: the un-augmented image ("clean",
     # one extra no-grad teacher forward) or its augmented key view.
     teacher_view: Literal["clean", "augmented"] = "clean"
@@ -178,7 +180,7 @@ class RelationConfig(_Section):
     teacher_features: Literal["backbone", "embedding"] = "backbone"
     # When the store is written: one pass per epoch, or by each step.
     store_updates: Literal["epoch", "step"] = "epoch"
-    kmeans_iterations: int = Field(20, ge=1)
+    kmeans_iterations: int = Field(20, ge=1, le=1000)
     recluster_every_steps: int | None = Field(None, ge=1)
     # Wait at each epoch end for that epoch's clustering (its time, ~1 s at
     # M=300 on 60k): prototypes then change only at epoch boundaries, so a
@@ -209,10 +211,10 @@ class RelationConfig(_Section):
 
 
 class OptimConfig(_Section):
-    epochs: int = Field(3, ge=1)
-    batch_size: int = Field(256, ge=2)
-    lr: float = Field(0.06, gt=0.0)
-    weight_decay: float = Field(5e-4, ge=0.0)
+    epochs: int = Field(3, ge=1, le=100_000)
+    batch_size: int = Field(256, ge=2, le=1_048_576)
+    lr: float = Field(0.06, gt=0.0, le=100.0)
+    weight_decay: float = Field(5e-4, ge=0.0, le=1.0)
     sgd_momentum: float = Field(0.9, ge=0.0, lt=1.0)
     warmup_epochs: int = Field(0, ge=0)
 
@@ -225,7 +227,7 @@ class EvalConfig(_Section):
     monitor_train_samples: int = Field(10000, ge=1)
     monitor_test_samples: int = Field(2000, ge=1)
     linear_train_samples: int | None = Field(None, ge=1)
-    linear_epochs: int = Field(100, ge=1)
+    linear_epochs: int = Field(100, ge=1, le=100_000)
     baseline_random_init: bool = True
 
 
@@ -242,16 +244,16 @@ class RuntimeConfig(_Section):
     actor holds one.
     """
 
-    num_workers: int = Field(1, ge=1)
+    num_workers: int = Field(1, ge=1, le=100_000)
     use_gpu: bool | None = None
     clustering_gpus: float = Field(0.0, ge=0.0)
     clustering_resources: dict[str, float] = Field(default_factory=dict)
     precision: Literal["fp32", "bf16"] = "fp32"
-    torch_threads: int | None = Field(None, ge=1)
+    torch_threads: int | None = Field(None, ge=1, le=1024)
     storage_path: str = "rekd_runs"
     # Ray Train restarts the worker group from the last checkpoint this many
     # times after a worker dies (a bad loss or bad data is never retried).
-    max_failures: int = Field(3, ge=0)
+    max_failures: int = Field(3, ge=0, le=1000)
 
     @field_validator("clustering_resources")
     @classmethod

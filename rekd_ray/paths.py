@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rekd_ray.config import ConfigError
 
-__all__ = ["check_output_file", "is_writable_dir"]
+__all__ = ["check_output_dir", "check_output_file", "is_writable_dir"]
 
 
 def is_writable_dir(directory: Path) -> bool:
@@ -28,6 +28,30 @@ def is_writable_dir(directory: Path) -> bool:
     except OSError:
         return False
     return True
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_output_dir(path: Path, option: str) -> None:
+    """``path`` is, or can be created as, a directory files can be written in.
+
+    Raises:
+        ConfigError: one line naming ``option`` and the fix.
+    """
+    existing = _nearest_existing(path)
+    if not existing.is_dir():
+        raise ConfigError(
+            f"{option}: {existing} is not a directory, so {path} cannot be "
+            "created; choose another directory"
+        )
+    if not is_writable_dir(existing):
+        raise ConfigError(
+            f"{option}: directory {existing} is not writable; choose another directory"
+        )
 
 
 def check_output_file(path: Path, option: str, suffix: str | None = None) -> None:
@@ -52,9 +76,7 @@ def check_output_file(path: Path, option: str, suffix: str | None = None) -> Non
         )
     # Missing parent directories are created when the file is written; the
     # nearest one that exists must be a writable directory.
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
+    parent = _nearest_existing(path.parent)
     if not parent.is_dir():
         raise ConfigError(
             f"{option}: {parent} is a file, so {path.parent} cannot be a "

@@ -210,7 +210,7 @@ def _check_subset(key: str, subset: int | None, size: int, split: str) -> int:
         return size
     if subset > size:
         raise ValueError(
-            f"data.{key}={subset} is larger than the {split} split ({size} "
+            f"data.{key}: {subset} is larger than the {split} split ({size} "
             f"samples); use at most {size} or leave it unset"
         )
     return subset

@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import tempfile
 import threading
 import time
@@ -50,6 +51,7 @@ from rekd_ray.orchestration.fit_control import fit_under_control
 from rekd_ray.orchestration.progress import ProgressBoard
 from rekd_ray.orchestration.resume import RUN_DIR_TAG, ResumePoint
 from rekd_ray.orchestration.train_worker import build_trainer
+from rekd_ray.paths import check_output_dir
 from rekd_ray.tracking.mlflow_run import (
     end_run,
     log_metrics,
@@ -202,6 +204,7 @@ def check_local_resources(config: ExperimentConfig, address: str | None) -> None
             Also: faiss missing, or its CPU and GPU builds both installed.
     """
     check_faiss_install(config)
+    check_output_dir(Path(config.runtime.storage_path), "runtime.storage_path")
     if address:
         return
     _check_local_clustering(config)
@@ -267,6 +270,15 @@ def check_address(address: str | None) -> None:
             "cluster this machine belongs to), HOST:PORT of the head (e.g. "
             "10.0.0.1:6379) or ray://HOST:10001, or leave it out for a local Ray"
         )
+    host, port = match.group(2).strip("[]"), int(address.rsplit(":", 1)[1])
+    try:  # Ray itself would retry a dead address for minutes
+        socket.create_connection((host, port), timeout=5.0).close()
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise ConfigError(
+            f"--address: nothing listens at {host}:{port} ({reason}); start the "
+            "head with `ray start --head` or check the address"
+        ) from None
 
 
 def ensure_ray(address: str | None) -> None:

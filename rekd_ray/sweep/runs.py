@@ -131,8 +131,8 @@ def find_parent_run(tracking_uri: str, sweep_or_run: str) -> str:
         if run is not None:
             if PARENT_TAG not in run.data.tags:
                 raise LookupError(
-                    f"run {sweep_or_run} is not a sweep's parent run; pass the "
-                    "parent (tag rekd.sweep) or the sweep file"
+                    f"SWEEP_OR_RUN: run {sweep_or_run} is not a sweep's parent "
+                    "run; pass the parent (tag rekd.sweep) or the sweep file"
                 )
             return sweep_or_run
     name = _sweep_name(path) if path.suffix else sweep_or_run
@@ -147,20 +147,25 @@ def find_parent_run(tracking_uri: str, sweep_or_run: str) -> str:
         )
     if not runs:
         raise LookupError(
-            f"no parent run of sweep {name!r} in {tracking_uri}; run `rekd sweep` "
-            "first or pass --tracking-uri"
+            f"SWEEP_OR_RUN: no parent run of sweep {name!r} in {tracking_uri}; "
+            "run `rekd sweep` first or pass --tracking-uri"
         )
     return runs[0].info.run_id
 
 
 def _sweep_name(path: Path) -> str:
-    import yaml
+    """The ``name:`` of a sweep file, or the file's stem when it has none or
+    does not exist (then it names a sweep whose file is elsewhere)."""
+    from rekd_ray.config import read_yaml_mapping
+    from rekd_ray.sweep.spec import SweepError
 
-    if path.is_file():
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if isinstance(loaded, dict) and loaded.get("name"):
-            return str(loaded["name"])
-    return path.stem
+    if not path.exists():
+        return path.stem
+    try:
+        loaded = read_yaml_mapping(path, "SWEEP_OR_RUN", SweepError)
+    except SweepError as error:
+        raise LookupError(str(error)) from None
+    return str(loaded.get("name") or path.stem)
 
 
 def dumps(value) -> str:

@@ -24,6 +24,7 @@ error. Every trial's config is built and validated here, before anything
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,12 +195,25 @@ def _check_search_space(spec: SweepSpec) -> None:
     for variant in spec.variants or []:
         for key in variant.set:
             check_field(key, f"variants[{variant.name}].set")
-    known = {"variant", *(spec.grid or {})}
-    for key in spec.baseline or {}:
-        if key not in known:
+    for key, values in (spec.grid or {}).items():
+        distinct = {json.dumps(value, sort_keys=True, default=str) for value in values}
+        if len(distinct) != len(values):
+            raise SweepError(
+                f"grid.{key}: a value is listed twice ({values}); list each "
+                "once (repeat seeds with grid.seed)"
+            )
+    choices = {key: list(values) for key, values in (spec.grid or {}).items()}
+    choices["variant"] = names
+    for key, value in (spec.baseline or {}).items():
+        if key not in choices:
             raise SweepError(
                 f"baseline.{key}: not varied by this sweep; name one of "
-                f"{', '.join(sorted(known))}"
+                f"{', '.join(sorted(choices))}"
+            )
+        if str(value) not in {str(choice) for choice in choices[key]}:
+            raise SweepError(
+                f"baseline.{key}: {value!r} is not one of the sweep's values "
+                f"{choices[key]}"
             )
 
 

@@ -56,7 +56,9 @@ def resolve_tracking_uri(uri: str | None) -> str:
 
 # Schemes of the stores MLflow can track to (``postgresql+psycopg2`` etc.
 # are matched on the part before the ``+``).
-_SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "mssql")
+# MLflow 3 no longer tracks to a bare directory (``file:``).
+_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql")
+_DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
 _MLFLOW_TABLES = {"experiments", "runs", "alembic_version"}
 
 
@@ -68,8 +70,9 @@ def check_tracking_uri(uri: str | None, *, existing: bool = False) -> str:
             read runs: eval, compare, train --resume).
 
     Raises:
-        ConfigError: an unknown scheme, a bare path (MLflow's deprecated file
-            store), or an sqlite file that cannot be used (see below).
+        ConfigError: an unknown scheme, a bare path, an sqlite file that
+            cannot be used, a server that does not answer, or a database
+            whose driver is not installed.
     """
     resolved = resolve_tracking_uri(uri)
     if resolved.lower().startswith("databricks"):  # databricks[://PROFILE]
@@ -77,18 +80,54 @@ def check_tracking_uri(uri: str | None, *, existing: bool = False) -> str:
     scheme, sep, _ = resolved.partition(":")
     if not sep or "/" in scheme or len(scheme) == 1:  # a path, or C:\ on Windows
         raise ConfigError(
-            f"--tracking-uri: {resolved!r} is a bare path (MLflow's deprecated "
-            f"file store); use sqlite:///{resolved} or an http(s):// server"
+            f"--tracking-uri: {resolved.strip()!r} is a bare path (MLflow 3 has "
+            "no file store); use sqlite:///PATH or an http(s):// server"
         )
-    if scheme.split("+")[0].lower() not in _SCHEMES:
+    base_scheme = scheme.split("+")[0].lower()
+    if base_scheme not in _SCHEMES:
         raise ConfigError(
             f"--tracking-uri: unknown scheme {scheme!r}; use sqlite:///PATH, "
-            "http(s)://HOST:PORT, file:PATH, databricks or a postgresql, "
-            "mysql or mssql database URI"
+            "http(s)://HOST:PORT, databricks or a postgresql, mysql or mssql "
+            "database URI"
         )
     if scheme == "sqlite":
         _check_sqlite_store(resolved, existing)
+    elif base_scheme in ("http", "https"):
+        _check_server(resolved)
+    elif base_scheme in _DATABASE_SCHEMES:
+        _check_database_driver(resolved)
     return resolved
+
+
+def _check_server(uri: str, timeout_s: float = 5.0) -> None:
+    """An MLflow server answers ``/health`` (MLflow's own client would retry
+    for minutes, after Ray had started)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
+            pass
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        raise ConfigError(
+            f"--tracking-uri: no MLflow server answers at {uri} ({reason}); "
+            "start one with `mlflow server --host HOST --port PORT` or pass "
+            "another --tracking-uri"
+        ) from None
+
+
+def _check_database_driver(uri: str) -> None:
+    """SQLAlchemy can load the driver of a database URI (no connection yet)."""
+    import sqlalchemy
+
+    try:
+        sqlalchemy.create_engine(uri).dispose()
+    except (ImportError, sqlalchemy.exc.ArgumentError) as error:
+        raise ConfigError(
+            f"--tracking-uri: cannot use {uri.split('://')[0]}:// here ({error}); "
+            "install its database driver or pass sqlite:///PATH"
+        ) from None
 
 
 def _check_sqlite_store(uri: str, existing: bool) -> None:

@@ -105,7 +105,7 @@ def test_load_dataset_synthetic_subsets():
 
 def test_subset_larger_than_split_raises():
     config = _synthetic(train_subset=65)
-    with pytest.raises(ValueError, match=r"data\.train_subset=65.*\(64 samples\)"):
+    with pytest.raises(ValueError, match=r"data\.train_subset: 65 .*\(64 samples\)"):
         load_dataset(config)
     with pytest.raises(ValueError, match=r"data\.train_subset"):
         dataset_size(config)

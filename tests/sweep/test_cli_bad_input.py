@@ -51,6 +51,12 @@ def _one_line(result) -> str:
             "asha.grace_period",
         ),
         ({"grid": {"seed": [0, 1]}, "trial_cpus": 512}, [], "trial_cpus"),
+        ({"grid": {"seed": [0, 0]}}, [], "grid.seed"),
+        (
+            {"grid": {"method": ["mocov2", "rekd"]}, "baseline": {"method": "x"}},
+            [],
+            "baseline.method",
+        ),
         ({"grid": {"seed": [0, 1]}}, ["--address", "nohost"], "--address"),
     ],
 )
@@ -82,3 +88,12 @@ def test_compare_without_a_database(workdir):
     assert result.exit_code == 2
     assert "--tracking-uri" in _one_line(result)
     assert not (workdir / "mlflow.db").exists()
+
+
+def test_compare_of_a_sweep_file_that_is_not_yaml(workdir, database_uri):
+    (workdir / "broken.yaml").write_text("grid: {seed: [0, 1\n")
+    result = CliRunner().invoke(
+        app, ["compare", "broken.yaml", "--tracking-uri", database_uri]
+    )
+    assert result.exit_code == 2, result.output
+    assert "not valid YAML" in _one_line(result)
