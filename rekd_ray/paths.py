@@ -37,7 +37,8 @@ def _nearest_existing(path: Path) -> Path:
 
 
 def check_output_dir(path: Path, option: str) -> None:
-    """``path`` is, or can be created as, a directory files can be written in.
+    """``path`` is, or can be created as, a directory files can be written in
+    (missing directories are created when the first file is written).
 
     Raises:
         ConfigError: one line naming ``option`` and the fix.
@@ -46,11 +47,11 @@ def check_output_dir(path: Path, option: str) -> None:
     if not existing.is_dir():
         raise ConfigError(
             f"{option}: {existing} is not a directory, so {path} cannot be "
-            "created; choose another directory"
+            "created; choose another path"
         )
     if not is_writable_dir(existing):
         raise ConfigError(
-            f"{option}: directory {existing} is not writable; choose another directory"
+            f"{option}: directory {existing} is not writable; choose another path"
         )
 
 
@@ -74,17 +75,6 @@ def check_output_file(path: Path, option: str, suffix: str | None = None) -> Non
         raise ConfigError(
             f"{option}: {path} must end in {suffix}, e.g. {path.with_suffix(suffix)}"
         )
-    # Missing parent directories are created when the file is written; the
-    # nearest one that exists must be a writable directory.
-    parent = _nearest_existing(path.parent)
-    if not parent.is_dir():
-        raise ConfigError(
-            f"{option}: {parent} is a file, so {path.parent} cannot be a "
-            "directory; choose another path"
-        )
-    if not is_writable_dir(parent):
-        raise ConfigError(
-            f"{option}: directory {parent} is not writable; choose another path"
-        )
+    check_output_dir(path.parent, option)
     if path.exists() and not path.is_file():
         raise ConfigError(f"{option}: {path} exists and is not a regular file")

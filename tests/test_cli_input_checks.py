@@ -74,7 +74,7 @@ CASES = [
         ],
         "teacher.checkpoint",
     ),
-    (["bench", "data", "--quick", "--out", "garbage.db/r.json"], "is a file"),
+    (["bench", "data", "--quick", "--out", "garbage.db/r.json"], "not a directory"),
     (["bench", "data", "--quick", "--out", "a_directory"], "--out"),
     (["train", SMOKE, "--tracking-uri", "file:runs"], "--tracking-uri"),
     (["train", SMOKE, "--tracking-uri", "http://127.0.0.1:9"], "no MLflow server"),
