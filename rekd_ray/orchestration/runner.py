@@ -199,9 +199,11 @@ def check_local_resources(config: ExperimentConfig, address: str | None) -> None
     """On a local Ray, every Train worker needs a CPU (and a GPU if asked).
 
     Raises:
-        ConfigError: more workers than this machine can place; Ray would wait
-            for them forever. A cluster (``address``) may autoscale: not checked.
-            Also: faiss missing, or its CPU and GPU builds both installed.
+        ConfigError: more workers (or clustering GPUs or custom resources)
+            than this machine can place; Ray would wait for them forever. A
+            cluster (``address``) may autoscale: not checked. Also, anywhere:
+            faiss missing or both its builds installed, or a
+            ``runtime.storage_path`` that cannot be written.
     """
     check_faiss_install(config)
     check_output_dir(Path(config.runtime.storage_path), "runtime.storage_path")
