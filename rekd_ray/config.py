@@ -126,6 +126,11 @@ class TeacherConfig(BackboneConfig):
                 "an offline teacher needs teacher.checkpoint=PATH "
                 "(a checkpoint.pt written by rekd train)"
             )
+        if self.checkpoint and self.kind != TeacherKind.offline:
+            raise ValueError(
+                "teacher.checkpoint is only read for a frozen teacher; set "
+                "teacher.kind=offline to use it, or leave it unset"
+            )
         if self.features_store and self.kind != TeacherKind.offline:
             raise ValueError(
                 "teacher.features_store holds a frozen teacher's features; it "

@@ -49,6 +49,10 @@ def test_override_applies():
         ("runtime.precision=fp16", r"runtime\.precision"),
         ("method=simclr", r"method: .*'mocov2'"),
         ("teacher.kind=offline", r"teacher.checkpoint"),
+        ("teacher.checkpoint=t.pt", r"teacher\.checkpoint is only read"),
+        ("optim.lr=.inf", r"optim\.lr: .*finite"),
+        ("runtime.torch_threads=100000", r"runtime\.torch_threads: .*1024"),
+        ("seed=-1", r"seed: must be in 0\.\."),
     ],
 )
 def test_bad_values_name_the_key(override, match):
