@@ -255,7 +255,7 @@ class RuntimeConfig(_Section):
     clustering_resources: dict[str, float] = Field(default_factory=dict)
     precision: Literal["fp32", "bf16"] = "fp32"
     torch_threads: int | None = Field(None, ge=1, le=1024)
-    storage_path: str = "rekd_runs"
+    storage_path: str = Field("rekd_runs", min_length=1)
     # Ray Train restarts the worker group from the last checkpoint this many
     # times after a worker dies (a bad loss or bad data is never retried).
     max_failures: int = Field(3, ge=0, le=1000)

@@ -46,8 +46,7 @@ def check_output_dir(path: Path, option: str) -> None:
     existing = _nearest_existing(path)
     if not existing.is_dir():
         raise ConfigError(
-            f"{option}: {existing} is not a directory, so {path} cannot be "
-            "created; choose another path"
+            f"{option}: {existing} is a file, not a directory; choose another path"
         )
     if not is_writable_dir(existing):
         raise ConfigError(

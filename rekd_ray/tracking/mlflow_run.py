@@ -74,8 +74,14 @@ def check_tracking_uri(uri: str | None, *, existing: bool = False) -> str:
             cannot be used, a server that does not answer, or a database
             whose driver is not installed.
     """
+    if uri is not None and (not uri.strip() or uri != uri.strip()):
+        raise ConfigError(
+            f"--tracking-uri: {uri!r} is empty or has spaces at an end; leave "
+            "the option out for sqlite:///mlflow.db, or give a URI without them"
+        )
     resolved = resolve_tracking_uri(uri)
     if resolved.lower().startswith("databricks"):  # databricks[://PROFILE]
+        open_tracking_store(resolved)  # fails fast without credentials
         return resolved
     scheme, sep, _ = resolved.partition(":")
     if not sep or "/" in scheme or len(scheme) == 1:  # a path, or C:\ on Windows
@@ -140,6 +146,11 @@ def _check_sqlite_store(uri: str, existing: bool) -> None:
             "(four slashes for an absolute PATH)"
         )
     path = Path(uri.removeprefix("sqlite:///").split("?")[0])
+    if path.name == ":memory:":
+        raise ConfigError(
+            "--tracking-uri: an in-memory database is lost when the command "
+            "ends and is not shared with Ray's workers; use sqlite:///PATH"
+        )
     if path.is_dir():
         raise ConfigError(f"--tracking-uri: {path} is a directory; name a file in it")
     if not path.parent.is_dir():
@@ -191,6 +202,9 @@ def open_tracking_store(uri: str) -> MlflowClient:
     that does not answer) becomes one line naming ``--tracking-uri``.
     """
     client = MlflowClient(uri)
+    mlflow_logger = logging.getLogger("mlflow")
+    level = mlflow_logger.level
+    mlflow_logger.setLevel(logging.ERROR)  # its warnings would repeat the error
     try:
         client.search_experiments(max_results=1)
     except Exception as error:  # SQLAlchemy, MlflowException, requests...
@@ -199,6 +213,8 @@ def open_tracking_store(uri: str) -> MlflowClient:
             f"--tracking-uri: cannot read the MLflow store at {uri} "
             f"({type(error).__name__}: {first}); pass the URI of an MLflow store"
         ) from None
+    finally:
+        mlflow_logger.setLevel(level)
     return client
 
 
