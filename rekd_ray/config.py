@@ -33,6 +33,7 @@ __all__ = [
     "load_config",
     "parse_overrides",
     "read_yaml_mapping",
+    "section_model",
 ]
 
 SEED_LIMIT = 2**31  # torch, numpy and Ray Tune seeds are 32-bit
@@ -336,15 +337,22 @@ class ExperimentConfig(_Section):
         return backbone_feature_dim(self.teacher.backbone)
 
 
+def section_model(annotation: Any) -> type[BaseModel] | None:
+    """The section class a config field's annotation names; None for a leaf."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
 def _section_keys(loc: tuple) -> list[str]:
     """The keys allowed in the section that holds ``loc`` (a pydantic loc)."""
     model: type[BaseModel] = ExperimentConfig
     for part in loc[:-1]:
         field = model.model_fields.get(str(part))
-        annotation = field.annotation if field else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        section = section_model(field.annotation) if field else None
+        if section is None:
             break
-        model = annotation
+        model = section
     return sorted(model.model_fields)
 
 

@@ -1,18 +1,48 @@
-"""Checks of the files a command will write, made before any work starts.
+"""Files the product writes: checked before any work starts, written whole.
 
 A benchmark or a comparison that runs for minutes and only then finds that
-its output cannot be written wastes the whole run; these checks let the
-command refuse up front with one line naming the option.
+its output cannot be written wastes the whole run; the checks let the
+command refuse up front with one line naming the option. ``atomic_write``
+writes beside the target and renames, so a crash never leaves half a file.
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from rekd_ray.config import ConfigError
 
-__all__ = ["check_output_dir", "check_output_file", "is_writable_dir"]
+__all__ = [
+    "atomic_write",
+    "check_output_dir",
+    "check_output_file",
+    "is_writable_dir",
+]
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Create ``path`` (and its parents) with ``write(handle)``, atomically.
+
+    The bytes go to a temporary file in the same directory, are flushed to
+    disk, then renamed over ``path``: a crash leaves the old file or the new
+    one, never a torn one, and the temporary file is removed on failure.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def is_writable_dir(directory: Path) -> bool:

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from rekd_ray.paths import atomic_write
+
 __all__ = [
     "BenchResult",
     "Check",
@@ -145,15 +147,11 @@ class BenchResult:
 def write_json(result: BenchResult, path: str | Path) -> Path:
     """Write ``result.to_json()`` to ``path`` (parents created); returns it.
 
-    Written to a temporary file beside it and renamed, so a crash never
+    Written atomically (:func:`rekd_ray.paths.atomic_write`): a crash never
     leaves half a JSON file.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(result.to_json(), indent=2) + "\n")
-    partial.replace(path)
-    return path
+    text = json.dumps(result.to_json(), indent=2) + "\n"
+    return atomic_write(Path(path), lambda handle: handle.write(text.encode()))
 
 
 class Stopwatch:

@@ -38,6 +38,7 @@ from rekd_ray.config import (
     build_config,
     merge,
     read_yaml_mapping,
+    section_model,
 )
 
 __all__ = [
@@ -142,21 +143,20 @@ def check_field(key: str, where: str) -> None:
                 f"{where}.{key}: {part!r} is not a field of {section}; use one of "
                 f"{', '.join(sorted(fields))}"
             )
-        annotation = fields[part].annotation
-        is_section = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+        section = section_model(fields[part].annotation)
         last = depth == len(parts) - 1
-        if is_section and last:
+        if section is not None and last:
             raise SweepError(
                 f"{where}.{key}: is a section, not a field; name a field inside "
-                f"it, e.g. {key}.{next(iter(annotation.model_fields))}"
+                f"it, e.g. {key}.{next(iter(section.model_fields))}"
             )
-        if not is_section and not last:
+        if section is None and not last:
             raise SweepError(
                 f"{where}.{key}: {'.'.join(parts[: depth + 1])} is a field, not a "
                 "section; drop what follows it"
             )
-        if is_section:
-            model = annotation
+        if section is not None:
+            model = section
 
 
 def _parse_spec(raw: dict[str, Any], path: Path) -> SweepSpec:

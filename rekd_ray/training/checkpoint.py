@@ -25,13 +25,13 @@ completed); :func:`find_latest_checkpoint` picks the newest one that loads.
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from rekd_ray.paths import atomic_write
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -66,19 +66,8 @@ def git_sha() -> str:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    # Write next to the target, then rename: a crash leaves the old file or
-    # the new one, never a torn one.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    # A crash leaves the old file or the new one, never a torn one.
+    atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 def save_checkpoint(state: dict[str, Any], directory: str | Path) -> Path:

@@ -12,6 +12,7 @@ from rekd_ray.data.fashion_mnist import (
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,
     DatasetMissingError,
+    check_fashion_mnist,
     load_fashion_mnist,
 )
 
@@ -86,3 +87,39 @@ def test_real_fashion_mnist():
     test_images, test_labels = load_fashion_mnist(split="test")
     assert test_images.shape == (10000, 28, 28)
     assert test_labels.min() == 0 and test_labels.max() == 9
+
+
+def _write_both_splits(root: Path, gz: bool) -> None:
+    _write_idx(root, TINY_IMAGES, TINY_LABELS, gz)
+    for path in list(root.iterdir()):
+        path.with_name(path.name.replace("t10k", "train")).write_bytes(
+            path.read_bytes()
+        )
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_check_passes_whole_files(tmp_path, gz):
+    _write_both_splits(tmp_path, gz)
+    check_fashion_mnist(tmp_path)  # no error
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_check_finds_a_truncated_file_without_loading(tmp_path, gz):
+    _write_both_splits(tmp_path, gz)
+    name = "train-images-idx3-ubyte" + (".gz" if gz else "")
+    whole = (tmp_path / name).read_bytes()
+    (tmp_path / name).write_bytes(whole[: len(whole) - 7])
+    with pytest.raises(DatasetMissingError, match=f"{name} is truncated"):
+        check_fashion_mnist(tmp_path)
+
+
+def test_check_finds_a_missing_file(tmp_path):
+    _write_both_splits(tmp_path, gz=True)
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DatasetMissingError, match="dataset-fashion-mnist"):
+        check_fashion_mnist(tmp_path)
+
+
+@pytest.mark.skipif(not Path(DEFAULT_ROOT).is_dir(), reason="needs the package")
+def test_check_passes_the_real_files():
+    check_fashion_mnist(DEFAULT_ROOT)
